@@ -1,0 +1,2 @@
+export * from "./checksum.ts";
+export * from "./compress.ts";

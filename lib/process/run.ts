@@ -1,0 +1,199 @@
+/**
+ * The one wrapper around Deno.Command: argv arrays only, never a shell.
+ *
+ * Secrets reach children only through the environment. The exit status is always awaited
+ * together with the end of the output stream, and the tail of stderr is attached to errors.
+ */
+import { DbBackupError, InterruptedError } from "../errors.ts";
+
+export interface SpawnOptions {
+  /** Human description used in errors, e.g. `pg_dump of database "shop"`. */
+  describe: string;
+  /** Environment for the child. With `clearEnv` it replaces the inherited one. */
+  env?: Record<string, string>;
+  clearEnv?: boolean;
+  cwd?: string;
+  /** "piped" gives a writable stdin on the handle; default "null". */
+  stdin?: "piped" | "null";
+  /** "piped" gives a readable stdout on the handle; default "piped". */
+  stdout?: "piped" | "null" | "inherit";
+  /** Aborting kills the child (SIGTERM) and makes `status` reject with InterruptedError. */
+  signal?: AbortSignal;
+  /** Exit codes that count as success; default [0]. */
+  okCodes?: number[];
+  /** Called with every piece of stderr text as it arrives (the tail is kept regardless). */
+  onStderr?: (text: string) => void;
+}
+
+export interface ProcessResult {
+  code: number;
+  /** The last lines of stderr (at most 16 KiB). */
+  stderr: string;
+}
+
+export interface ChildHandle {
+  readonly pid: number;
+  readonly stdout: ReadableStream<Uint8Array>;
+  readonly stdin: WritableStream<Uint8Array>;
+  /** Resolves when the child exited with an ok code; rejects with a DbBackupError otherwise. */
+  readonly status: Promise<ProcessResult>;
+  kill(signal?: Deno.Signal): void;
+}
+
+const STDERR_TAIL_BYTES = 16 * 1024;
+
+/** Children started by this process and still running: only these are ever signalled. */
+const running = new Set<Deno.ChildProcess>();
+
+/** Sends a signal to every child this process started that is still running. */
+export function killAllChildren(signal: Deno.Signal = "SIGTERM"): void {
+  for (const child of running) {
+    try {
+      child.kill(signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** Starts `cmd` with `args`. The caller must consume `stdout` when it is piped. */
+export function spawn(cmd: string, args: readonly string[], options: SpawnOptions): ChildHandle {
+  if (options.signal?.aborted) throw new InterruptedError(`interrupted before ${options.describe}`);
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, {
+      args: [...args],
+      env: options.env,
+      clearEnv: options.clearEnv ?? false,
+      cwd: options.cwd,
+      stdin: options.stdin ?? "null",
+      stdout: options.stdout ?? "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (err) {
+    const reason = err instanceof Deno.errors.NotFound ? "program not found" : String(err);
+    throw new DbBackupError("process", `cannot start ${options.describe}: ${cmd}: ${reason}`);
+  }
+  running.add(child);
+  let killedByAbort = false;
+  const onAbort = () => {
+    killedByAbort = true;
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // already exited
+    }
+  };
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+
+  const stderrTail = readTail(child.stderr, options.onStderr);
+  const okCodes = options.okCodes ?? [0];
+  const status = (async () => {
+    try {
+      const [st, stderr] = await Promise.all([child.status, stderrTail]);
+      if (killedByAbort || options.signal?.aborted) {
+        throw new InterruptedError(`interrupted during ${options.describe}`);
+      }
+      if (!st.success && !okCodes.includes(st.code)) {
+        const how = st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`;
+        const tail = stderr.trim();
+        throw new DbBackupError(
+          "process",
+          `${options.describe} failed: ${cmd} ${how}${tail ? `: ${lastLines(tail, 12)}` : ""}`,
+        );
+      }
+      return { code: st.code, stderr };
+    } finally {
+      running.delete(child);
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+  })();
+  // Never an unhandled rejection: callers await `status` when they need it.
+  status.catch(() => {});
+
+  return {
+    pid: child.pid,
+    get stdout() {
+      return child.stdout;
+    },
+    get stdin() {
+      return child.stdin;
+    },
+    status,
+    kill(signal: Deno.Signal = "SIGTERM") {
+      try {
+        child.kill(signal);
+      } catch {
+        // already exited
+      }
+    },
+  };
+}
+
+export interface RunOptions extends Omit<SpawnOptions, "stdin" | "stdout"> {
+  /** Bytes written to the child's stdin, then closed. */
+  input?: Uint8Array | string;
+}
+
+export interface RunOutput extends ProcessResult {
+  stdout: string;
+}
+
+/** Runs a command to completion, collecting stdout as text. */
+export async function run(
+  cmd: string,
+  args: readonly string[],
+  options: RunOptions,
+): Promise<RunOutput> {
+  const child = spawn(cmd, args, {
+    ...options,
+    stdin: options.input === undefined ? "null" : "piped",
+    stdout: "piped",
+  });
+  const feeding = options.input === undefined ? Promise.resolve() : feed(child, options.input);
+  const [stdout, result] = await Promise.all([
+    new Response(child.stdout).text(),
+    child.status,
+    feeding,
+  ]);
+  return { ...result, stdout };
+}
+
+async function feed(child: ChildHandle, input: Uint8Array | string): Promise<void> {
+  const writer = child.stdin.getWriter();
+  try {
+    await writer.write(typeof input === "string" ? new TextEncoder().encode(input) : input);
+    await writer.close();
+  } catch {
+    // The child exited early; its status says why.
+  }
+}
+
+async function readTail(
+  stream: ReadableStream<Uint8Array>,
+  onText?: (text: string) => void,
+): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  const decoder = new TextDecoder();
+  let size = 0;
+  for await (const chunk of stream) {
+    onText?.(decoder.decode(chunk, { stream: true }));
+    chunks.push(chunk);
+    size += chunk.byteLength;
+    while (size - chunks[0].byteLength >= STDERR_TAIL_BYTES) {
+      size -= chunks.shift()!.byteLength;
+    }
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
+function lastLines(text: string, n: number): string {
+  const lines = text.split("\n");
+  return lines.slice(-n).join("\n");
+}
