@@ -1,0 +1,228 @@
+/**
+ * A repository of backup sets on some storage. A set is a folder named by its id; it is
+ * complete only once its manifest exists, and the manifest is always written last.
+ */
+import { DbBackupError, errorMessage } from "../errors.ts";
+import { ChecksumStream } from "../pipeline/checksum.ts";
+import {
+  type Compression,
+  compressionSuffix,
+  compressStream,
+  decompressStream,
+} from "../pipeline/compress.ts";
+import type { Storage } from "../storage/storage.ts";
+import {
+  type FileRecord,
+  type Manifest,
+  MANIFEST_FILE,
+  parseManifest,
+  type PartStatus,
+  type SetStatus,
+} from "./manifest.ts";
+import { isSetId, setId } from "./set_id.ts";
+
+export type ListedStatus = SetStatus | "incomplete" | "invalid";
+
+export interface ListedSet {
+  id: string;
+  status: ListedStatus;
+  manifest?: Manifest;
+  /** Why a set is invalid. */
+  problem?: string;
+}
+
+export class Repository {
+  constructor(readonly storage: Storage) {}
+
+  get location(): string {
+    return this.storage.location;
+  }
+
+  /** Claims a new, empty set folder; never reuses an existing one. */
+  async createSet(kind: string, label: string, when: Date = new Date()): Promise<SetWriter> {
+    const base = setId(when, kind, label);
+    for (let n = 0; n < 100; n++) {
+      const id = n === 0 ? base : `${base}-${n}`;
+      try {
+        await this.storage.createDirectory(id);
+        return new SetWriter(this.storage, id);
+      } catch (err) {
+        if (err instanceof DbBackupError && err.code === "exists") continue;
+        throw err;
+      }
+    }
+    throw new DbBackupError("exists", `cannot create a new backup set named ${base}*`);
+  }
+
+  /** Every set folder, oldest first, with its status; folders that are not sets are ignored. */
+  async listSets(): Promise<ListedSet[]> {
+    const sets: ListedSet[] = [];
+    for (const entry of await this.storage.list("")) {
+      if (!entry.isDirectory || !isSetId(entry.name)) continue;
+      sets.push(await this.#describe(entry.name));
+    }
+    return sets;
+  }
+
+  async #describe(id: string): Promise<ListedSet> {
+    try {
+      const manifest = await this.readManifest(id);
+      return { id, status: manifest.status, manifest };
+    } catch (err) {
+      if (err instanceof DbBackupError && err.code === "incomplete") {
+        return { id, status: "incomplete" };
+      }
+      return { id, status: "invalid", problem: errorMessage(err) };
+    }
+  }
+
+  /** Reads a set's manifest; a set without one is incomplete and refused. */
+  async readManifest(id: string): Promise<Manifest> {
+    if (!isSetId(id)) {
+      throw new DbBackupError("not_found", `backup set "${id}" is not a valid set id`);
+    }
+    const dir = await this.storage.stat(id);
+    if (!dir) {
+      throw new DbBackupError("not_found", `backup set ${id} does not exist in ${this.location}`);
+    }
+    const path = `${id}/${MANIFEST_FILE}`;
+    if (!await this.storage.stat(path)) {
+      throw new DbBackupError(
+        "incomplete",
+        `backup set ${id} is incomplete: it has no ${MANIFEST_FILE} (the backup was interrupted or is still running)`,
+      );
+    }
+    const text = await new Response(await this.storage.read(path)).text();
+    const manifest = parseManifest(text, `${this.location}/${path}`);
+    if (manifest.id !== id) {
+      throw new DbBackupError(
+        "verification",
+        `manifest of ${id} names another set (${manifest.id})`,
+      );
+    }
+    return manifest;
+  }
+
+  /** Resolves "latest" or an id prefix to exactly one set id. */
+  async resolveId(ref: string): Promise<string> {
+    const ids = (await this.storage.list("")).filter((e) => e.isDirectory && isSetId(e.name))
+      .map((e) => e.name);
+    if (ref === "latest") {
+      const complete = (await this.listSets()).filter((s) => s.status === "complete");
+      const last = complete.at(-1);
+      if (!last) {
+        throw new DbBackupError("not_found", `no complete backup set in ${this.location}`);
+      }
+      return last.id;
+    }
+    if (ids.includes(ref)) return ref;
+    const matches = ids.filter((id) => id.startsWith(ref));
+    if (matches.length === 1) return matches[0];
+    if (matches.length > 1) {
+      throw new DbBackupError(
+        "not_found",
+        `backup "${ref}" is ambiguous in ${this.location}: ${matches.join(", ")}`,
+      );
+    }
+    throw new DbBackupError("not_found", `backup "${ref}" not found in ${this.location}`);
+  }
+
+  /**
+   * Opens a stored file for reading: the stream yields the decompressed data and errors at
+   * its end when the stored or the raw bytes do not match the manifest, naming the file.
+   */
+  async openFile(id: string, file: FileRecord): Promise<ReadableStream<Uint8Array>> {
+    const stored = new ChecksumStream();
+    const raw = new ChecksumStream();
+    const name = `${id}/${file.path}`;
+    const source = (await this.storage.read(name)).pipeThrough(stored);
+    // The last chunk is held back until both checksums are verified, so a consumer never
+    // sees the complete data of a file that does not match its manifest.
+    let held: Uint8Array | undefined;
+    const check = new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        if (held) controller.enqueue(held);
+        held = chunk;
+      },
+      async flush(controller) {
+        const s = await stored.digest;
+        if (s.bytes !== file.bytes || s.sha256 !== file.sha256) {
+          throw new DbBackupError(
+            "verification",
+            `file ${name} does not match the manifest (${s.bytes} bytes, sha256 ${
+              s.sha256.slice(0, 12)
+            }…; expected ${file.bytes} bytes, ${file.sha256.slice(0, 12)}…)`,
+          );
+        }
+        const r = await raw.digest;
+        if (r.bytes !== file.rawBytes || r.sha256 !== file.rawSha256) {
+          throw new DbBackupError(
+            "verification",
+            `file ${name} decompresses to data that does not match the manifest`,
+          );
+        }
+        if (held) controller.enqueue(held);
+      },
+    });
+    return source.pipeThrough(decompressStream(file.compression)).pipeThrough(raw)
+      .pipeThrough(check);
+  }
+}
+
+export interface WriteFileOptions {
+  compression: Compression;
+  content: string;
+  /** Awaited before the file is published (e.g. the exit status of the process producing it). */
+  ready?: Promise<unknown>;
+  signal?: AbortSignal;
+}
+
+/** Writes the files of one new set, then its manifest. */
+export class SetWriter {
+  constructor(private readonly storage: Storage, readonly id: string) {}
+
+  /** Compresses and checksums `data` while writing it to `<set>/<name><suffix>`. */
+  async writeFile(
+    name: string,
+    data: ReadableStream<Uint8Array>,
+    options: WriteFileOptions,
+  ): Promise<FileRecord> {
+    const path = `${name}${compressionSuffix(options.compression.algorithm)}`;
+    const raw = new ChecksumStream();
+    const stored = new ChecksumStream();
+    const stream = data.pipeThrough(raw).pipeThrough(compressStream(options.compression))
+      .pipeThrough(stored);
+    await this.storage.write(`${this.id}/${path}`, stream, {
+      ready: options.ready,
+      signal: options.signal,
+    });
+    const [r, s] = await Promise.all([raw.digest, stored.digest]);
+    return {
+      path,
+      content: options.content,
+      compression: options.compression.algorithm,
+      bytes: s.bytes,
+      sha256: s.sha256,
+      rawBytes: r.bytes,
+      rawSha256: r.sha256,
+    };
+  }
+
+  /** Publishes the manifest: the set is complete from this moment on. */
+  async writeManifest(manifest: Manifest): Promise<void> {
+    const bytes = new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n");
+    await this.storage.write(`${this.id}/${MANIFEST_FILE}`, ReadableStream.from([bytes]));
+  }
+
+  /** Removes whatever this writer created (after an interruption or total failure). */
+  async discard(): Promise<void> {
+    await this.storage.remove(this.id);
+  }
+}
+
+/** The overall status of a set from the status of its parts. */
+export function overallStatus(parts: PartStatus[]): SetStatus {
+  const failed = parts.filter((p) => p === "failed").length;
+  if (failed === 0) return "complete";
+  return failed === parts.length ? "failed" : "partial";
+}

@@ -1,0 +1,22 @@
+/** Backup set ids: they sort by time, e.g. `20261127T030000Z-cluster-db1`. */
+
+/** `20261127T030000Z` for a date (UTC). */
+export function compactTimestamp(d: Date): string {
+  return d.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+}
+
+/** A file-name-safe slug: ASCII letters, digits, `.`, `_`, `-`; at most 40 characters. */
+export function slug(text: string): string {
+  const s = text.normalize("NFKD").replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+/, "")
+    .slice(0, 40);
+  return s || "x";
+}
+
+export function setId(when: Date, kind: string, label: string): string {
+  return `${compactTimestamp(when)}-${kind}-${slug(label)}`;
+}
+
+/** Whether a folder name looks like a set id this tool made. */
+export function isSetId(name: string): boolean {
+  return /^\d{8}T\d{6}Z-(single|cluster)-[A-Za-z0-9._-]+$/.test(name);
+}
