@@ -1,0 +1,202 @@
+/**
+ * Connections to PostgreSQL: postgres.js pools for catalog queries, and the environment that
+ * pg_dump, pg_restore and psql children get. The password reaches children only through
+ * PGPASSWORD in their environment, never argv.
+ */
+import postgres from "postgres";
+import { readFileSync } from "node:fs";
+import { DbBackupError, errorMessage } from "../../errors.ts";
+import { Secret } from "../../config/secret.ts";
+import { type Env, lookupPassword, type Settings } from "../../config/settings.ts";
+
+export type Sql = postgres.Sql;
+
+/** Asks for a password on the terminal; undefined when it cannot ask. */
+export type PasswordPrompt = (question: string) => Promise<string | undefined>;
+
+/** One server endpoint with its credentials, resolved once per command. */
+export class PgTarget {
+  readonly settings: Settings;
+  #password?: Secret;
+  #passwordSource?: string;
+  #passwordRequested = false;
+  readonly warnings: string[] = [];
+  readonly #env: Env;
+  readonly #prompt?: PasswordPrompt;
+
+  constructor(settings: Settings, env: Env, prompt?: PasswordPrompt) {
+    this.settings = settings;
+    this.#env = env;
+    this.#prompt = prompt;
+  }
+
+  /** "/run/postgresql:5432" or "db.example.com:5432", for messages. */
+  get endpoint(): string {
+    return `${this.settings.host.value}:${this.settings.port.value}`;
+  }
+
+  get isSocket(): boolean {
+    return this.settings.host.value.startsWith("/");
+  }
+
+  get user(): string {
+    return this.settings.user.value;
+  }
+
+  /** Whether the server asked for a password on any connection so far. */
+  get passwordRequested(): boolean {
+    return this.#passwordRequested;
+  }
+
+  get passwordSource(): string | undefined {
+    return this.#passwordSource;
+  }
+
+  /** Looks the password up (env, then password file) before the first connection. */
+  async init(database = "postgres"): Promise<void> {
+    const found = await lookupPassword(this.settings, database, this.#env);
+    this.#password = found.password;
+    this.#passwordSource = found.source;
+    this.warnings.push(...found.warnings);
+  }
+
+  async #passwordFor(): Promise<string> {
+    this.#passwordRequested = true;
+    if (this.#password) return this.#password.reveal();
+    const typed = await this.#prompt?.(`Password for user ${this.user} at ${this.endpoint}: `);
+    if (typed === undefined) {
+      throw new DbBackupError(
+        "auth",
+        `the server at ${this.endpoint} asks for a password for user "${this.user}" and none was given: set PGPASSWORD or add an entry to the password file`,
+      );
+    }
+    this.#password = new Secret(typed);
+    this.#passwordSource = "prompt";
+    return typed;
+  }
+
+  /** A small pool to `database`; always `await sql.end()` when done. */
+  connect(database: string, max = 2): Sql {
+    const s = this.settings;
+    return postgres({
+      host: s.host.value,
+      port: s.port.value,
+      user: s.user.value,
+      database,
+      pass: () => this.#passwordFor(),
+      ssl: sslOption(s),
+      max,
+      connect_timeout: 15,
+      idle_timeout: 30,
+      prepare: false,
+      onnotice: () => {},
+      connection: { application_name: "dbbackup" },
+      fetch_types: false,
+    });
+  }
+
+  /** Runs `fn` with a pool, mapping connection failures to clear errors. */
+  async withSql<T>(database: string, action: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+    const sql = this.connect(database);
+    try {
+      return await fn(sql);
+    } catch (err) {
+      throw this.explain(err, action, database);
+    } finally {
+      await sql.end({ timeout: 5 }).catch(() => {});
+    }
+  }
+
+  /** Turns a driver error into a DbBackupError naming the action, database and endpoint. */
+  explain(err: unknown, action: string, database: string): Error {
+    if (err instanceof DbBackupError) {
+      return new DbBackupError(err.code, `${action}: ${err.message}`);
+    }
+    const e = err as { code?: string; message?: string };
+    const where = `at ${this.endpoint}`;
+    switch (e.code) {
+      case "ECONNREFUSED":
+        return new DbBackupError("connection", `${action}: connection refused ${where}`);
+      case "ENOENT":
+        return new DbBackupError("connection", `${action}: no server socket ${where}`);
+      case "ENOTFOUND":
+      case "EAI_AGAIN":
+        return new DbBackupError(
+          "connection",
+          `${action}: host "${this.settings.host.value}" not found`,
+        );
+      case "CONNECT_TIMEOUT":
+      case "ETIMEDOUT":
+        return new DbBackupError("connection", `${action}: connection timed out ${where}`);
+      case "28P01":
+      case "28000":
+        return new DbBackupError(
+          "auth",
+          `${action}: authentication failed for user "${this.user}" ${where}: ${e.message}`,
+        );
+      case "3D000":
+        return new DbBackupError(
+          "not_found",
+          `${action}: database "${database}" does not exist ${where}`,
+        );
+    }
+    return new DbBackupError("connection", `${action}: ${errorMessage(err)} (${where})`);
+  }
+
+  /** Environment for pg_dump/pg_restore/psql: our resolved settings, nothing inherited. */
+  childEnv(): Record<string, string> {
+    const s = this.settings;
+    const env: Record<string, string> = {};
+    for (const key of ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]) {
+      const v = this.#env[key];
+      if (v !== undefined) env[key] = v;
+    }
+    env.PGHOST = s.host.value;
+    env.PGPORT = String(s.port.value);
+    env.PGUSER = s.user.value;
+    env.PGSSLMODE = s.sslmode.value;
+    env.PGAPPNAME = "dbbackup";
+    env.PGCONNECT_TIMEOUT = "15";
+    if (s.sslrootcert) env.PGSSLROOTCERT = s.sslrootcert.value;
+    // The password was looked up or typed once; children get it only here.
+    if (this.#password) env.PGPASSWORD = this.#password.reveal();
+    // Make sure no password file is consulted behind our back.
+    env.PGPASSFILE = "/dev/null";
+    return env;
+  }
+}
+
+function sslOption(s: Settings): postgres.Options<Record<string, never>>["ssl"] {
+  switch (s.sslmode.value) {
+    case "disable":
+      return false;
+    case "allow":
+    case "prefer":
+      return s.host.value.startsWith("/") ? false : "prefer";
+    case "require":
+      return "require";
+    case "verify-ca":
+    case "verify-full": {
+      if (!s.sslrootcert) return "verify-full";
+      const ca = readFileSync(s.sslrootcert.value, "utf8");
+      return s.sslmode.value === "verify-full"
+        ? { ca, rejectUnauthorized: true }
+        : { ca, rejectUnauthorized: true, checkServerIdentity: () => undefined };
+    }
+  }
+}
+
+/** A libpq connection string holding only the database name, safely quoted. */
+export function dbnameConninfo(database: string): string {
+  return `dbname='${database.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
+}
+
+/** Quotes an SQL identifier. */
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Quotes an SQL string literal (standard_conforming_strings on). */
+export function quoteLiteral(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}

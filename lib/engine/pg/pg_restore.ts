@@ -1,0 +1,132 @@
+/** pg_restore and psql as children fed from a verified, decompressing stream. */
+import { DbBackupError } from "../../errors.ts";
+import { type ChildHandle, spawn } from "../../process/run.ts";
+import { dbnameConninfo, type PgTarget } from "./connect.ts";
+import type { PgTool } from "./tools.ts";
+
+export interface ArchiveRestoreOptions {
+  /** The database pg_restore connects to (with `create`, the maintenance database). */
+  database: string;
+  jobs: number;
+  /** Drop the archive's objects before recreating them (pg_restore --clean --if-exists). */
+  clean: boolean;
+  /** Let pg_restore create the database named in the archive (pg_restore --create). */
+  create: boolean;
+  signal?: AbortSignal;
+  /** Where a parallel restore may spool the archive (it needs a seekable file). */
+  tempDir?: string;
+  describe: string;
+}
+
+/**
+ * Restores a custom-format archive. With one job the stream goes straight into pg_restore's
+ * stdin inside one transaction, so a stream that fails its checksum at the end rolls back.
+ * With more jobs pg_restore needs a file: the archive is spooled to a private 0600 temp file.
+ */
+export async function restoreArchive(
+  tool: PgTool,
+  target: PgTarget,
+  input: ReadableStream<Uint8Array>,
+  options: ArchiveRestoreOptions,
+): Promise<void> {
+  const args = ["--exit-on-error", "--no-password", "--dbname", dbnameConninfo(options.database)];
+  if (options.clean) args.push("--clean", "--if-exists");
+  if (options.create) args.push("--create");
+  if (options.jobs <= 1) {
+    if (!options.create) args.push("--single-transaction");
+    const child = spawn(tool.path, args, {
+      describe: options.describe,
+      env: target.childEnv(),
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "null",
+      signal: options.signal,
+    });
+    await feedChild(child, input);
+    return;
+  }
+  const dir = await Deno.makeTempDir({ dir: options.tempDir, prefix: "dbbackup-restore-" });
+  try {
+    const path = `${dir}/archive.pgdump`;
+    const file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+    await input.pipeTo(file.writable, { signal: options.signal });
+    const child = spawn(tool.path, [...args, `--jobs=${options.jobs}`, path], {
+      describe: options.describe,
+      env: target.childEnv(),
+      clearEnv: true,
+      stdout: "null",
+      signal: options.signal,
+    });
+    await child.status;
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * Runs a globals script (pg_dumpall --globals-only) through psql. Objects that already exist
+ * (SQLSTATE 42710, e.g. the role running the restore) are not an error; any other error is.
+ * Returns the tolerated messages.
+ */
+export async function restoreGlobalsScript(
+  psql: PgTool,
+  target: PgTarget,
+  input: ReadableStream<Uint8Array>,
+  signal?: AbortSignal,
+): Promise<string[]> {
+  const errors: string[] = [];
+  let pending = "";
+  const child = spawn(psql.path, [
+    "--no-psqlrc",
+    "--quiet",
+    "--no-password",
+    "--set",
+    "ON_ERROR_STOP=0",
+    "--set",
+    "VERBOSITY=verbose",
+    "--dbname",
+    dbnameConninfo("postgres"),
+  ], {
+    describe: `restore of globals (roles, tablespaces) at ${target.endpoint}`,
+    env: target.childEnv(),
+    clearEnv: true,
+    stdin: "piped",
+    stdout: "null",
+    signal,
+    onStderr(text) {
+      pending += text;
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const line of lines) if (/ERROR:/.test(line)) errors.push(line.trim());
+    },
+  });
+  await feedChild(child, input);
+  if (/ERROR:/.test(pending)) errors.push(pending.trim());
+  const tolerated = errors.filter((e) => /ERROR:\s+42710:/.test(e));
+  const fatal = errors.filter((e) => !/ERROR:\s+42710:/.test(e));
+  if (fatal.length > 0) {
+    throw new DbBackupError(
+      "restore_failed",
+      `restore of globals at ${target.endpoint} failed: ${fatal.slice(0, 5).join("; ")}`,
+    );
+  }
+  return tolerated;
+}
+
+/** Pipes `input` into the child's stdin and awaits both; a failing input kills the child. */
+async function feedChild(child: ChildHandle, input: ReadableStream<Uint8Array>): Promise<void> {
+  let inputError: unknown;
+  const feeding = input.pipeTo(child.stdin).catch((err) => {
+    inputError = err;
+    // Stop the child before it can commit what it has read so far.
+    child.kill("SIGKILL");
+  });
+  try {
+    await child.status;
+  } catch (err) {
+    await feeding;
+    throw inputError ?? err;
+  }
+  await feeding;
+  if (inputError) throw inputError;
+}

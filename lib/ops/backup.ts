@@ -1,0 +1,302 @@
+/**
+ * `backup single` and `backup cluster` through pg_dump: inspect the server, plan what to dump,
+ * claim a new set, dump globals and databases (`jobs` at a time), publish the manifest last.
+ */
+import { DbBackupError, errorMessage, InterruptedError } from "../errors.ts";
+import type { Compression } from "../pipeline/compress.ts";
+import {
+  type DatabaseInfo,
+  listDatabases,
+  type ServerInfo,
+  serverInfo,
+} from "../engine/pg/catalog.ts";
+import type { PgTarget } from "../engine/pg/connect.ts";
+import { startDatabaseDump, startGlobalsDump } from "../engine/pg/pg_dump.ts";
+import { findTool, type PgTool } from "../engine/pg/tools.ts";
+import type {
+  DatabaseRecord,
+  FileRecord,
+  GlobalsRecord,
+  Manifest,
+  SetKind,
+} from "../repo/manifest.ts";
+import { MANIFEST_FORMAT, MANIFEST_VERSION } from "../repo/manifest.ts";
+import { overallStatus, type Repository, type SetWriter } from "../repo/repository.ts";
+import { slug } from "../repo/set_id.ts";
+import { selectDatabases } from "../plan/select.ts";
+import { VERSION } from "../version.ts";
+import { mapPool } from "./_pool.ts";
+import { progressStream, type Reporter } from "./progress.ts";
+import type { ChildHandle } from "../process/run.ts";
+
+export interface BackupOptions {
+  target: PgTarget;
+  repo: Repository;
+  kind: SetKind;
+  /** The database of a single backup. */
+  database?: string;
+  includes: string[];
+  excludes: string[];
+  jobs: number;
+  compression: Compression;
+  pgBin?: string;
+  dryRun: boolean;
+  reporter: Reporter;
+  signal?: AbortSignal;
+}
+
+export interface BackupPlan {
+  kind: SetKind;
+  server: ServerInfo;
+  endpoint: string;
+  databases: DatabaseInfo[];
+  skipped: { name: string; reason: string }[];
+  globals: boolean;
+  pgDump: PgTool;
+}
+
+export interface BackupResult {
+  setId?: string;
+  status: "complete" | "partial" | "failed" | "dry-run";
+  plan: BackupPlan;
+  manifest?: Manifest;
+}
+
+export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  const plan = await planBackup(opts);
+  if (opts.dryRun) return { status: "dry-run", plan };
+  const set = await opts.repo.createSet(opts.kind, label(opts, plan));
+  opts.reporter.event({
+    type: "start",
+    operation: `backup ${opts.kind}`,
+    setId: set.id,
+    parts: [...(plan.globals ? ["globals"] : []), ...plan.databases.map((d) => d.name)],
+  });
+  try {
+    const manifest = await runBackup(opts, plan, set);
+    const parts = [
+      ...(manifest.globals ? [manifest.globals.status] : []),
+      ...manifest.databases.map((d) => d.status),
+    ];
+    if (parts.every((p) => p === "failed")) {
+      await set.discard();
+      const reasons = [
+        ...(manifest.globals?.error ? [manifest.globals.error] : []),
+        ...manifest.databases.map((d) => d.error ?? ""),
+      ];
+      throw new DbBackupError("backup_failed", reasons.filter(Boolean).join("; "));
+    }
+    await set.writeManifest(manifest);
+    return { setId: set.id, status: manifest.status, plan, manifest };
+  } catch (err) {
+    // Nothing of an unfinished set is kept: without a manifest it could never be restored.
+    await set.discard().catch(() => {});
+    if (opts.signal?.aborted) {
+      throw new InterruptedError(`backup interrupted; the unfinished set ${set.id} was removed`);
+    }
+    throw err;
+  }
+}
+
+/** Phase 1: what the server has and what will be dumped; changes nothing. */
+export async function planBackup(opts: BackupOptions): Promise<BackupPlan> {
+  const { target } = opts;
+  const action = opts.kind === "single"
+    ? `cannot back up database "${opts.database}"`
+    : `cannot back up the cluster at ${target.endpoint}`;
+  const { server, databases } = await target.withSql("postgres", action, async (sql) => ({
+    server: await serverInfo(sql),
+    databases: await listDatabases(sql),
+  }));
+  let chosen: DatabaseInfo[];
+  let skipped: { name: string; reason: string }[] = [];
+  if (opts.kind === "single") {
+    const db = databases.find((d) => d.name === opts.database);
+    if (!db) {
+      throw new DbBackupError(
+        "not_found",
+        `${action}: database "${opts.database}" does not exist at ${target.endpoint}`,
+      );
+    }
+    chosen = [db];
+  } else {
+    const sel = selectDatabases(databases, opts.includes, opts.excludes);
+    chosen = sel.selected.map((n) => databases.find((d) => d.name === n)!);
+    skipped = sel.skipped;
+    if (chosen.length === 0) {
+      throw new DbBackupError("not_found", `${action}: no database matches the filters`);
+    }
+  }
+  const pgDump = await findTool("pg_dump", server.major, opts.pgBin);
+  return {
+    kind: opts.kind,
+    server,
+    endpoint: target.endpoint,
+    databases: chosen,
+    skipped,
+    globals: opts.kind === "cluster",
+    pgDump,
+  };
+}
+
+/** Phase 2: dump everything into the claimed set; returns the manifest to publish. */
+async function runBackup(opts: BackupOptions, plan: BackupPlan, set: SetWriter): Promise<Manifest> {
+  const startedAt = new Date().toISOString();
+  let globals: GlobalsRecord | undefined;
+  if (plan.globals) {
+    const pgDumpall = await findTool("pg_dumpall", plan.server.major, opts.pgBin);
+    globals = await dumpGlobals(opts, pgDumpall, set);
+  }
+  const databases = await mapPool(
+    plan.databases,
+    opts.jobs,
+    (db, i) => dumpDatabase(opts, plan.pgDump, set, db, i + 1),
+  );
+  const status = overallStatus([
+    ...(globals ? [globals.status] : []),
+    ...databases.map((d) => d.status),
+  ]);
+  return {
+    format: MANIFEST_FORMAT,
+    formatVersion: MANIFEST_VERSION,
+    id: set.id,
+    tool: { name: "dbbackup", version: VERSION },
+    kind: opts.kind,
+    dbType: "postgres",
+    engine: "pg_dump",
+    status,
+    server: {
+      version: plan.server.version,
+      versionNum: plan.server.versionNum,
+      host: opts.target.settings.host.value,
+      port: opts.target.settings.port.value,
+      system: plan.server.systemIdentifier,
+    },
+    dumpTool: `pg_dump ${plan.pgDump.version}`,
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    compression: { ...opts.compression },
+    restore: { format: "custom", includes: opts.includes, excludes: opts.excludes },
+    globals,
+    databases,
+  };
+}
+
+async function dumpGlobals(
+  opts: BackupOptions,
+  tool: PgTool,
+  set: SetWriter,
+): Promise<GlobalsRecord> {
+  const started = performance.now();
+  opts.reporter.event({ type: "step", part: "globals", message: "dumping roles and tablespaces" });
+  try {
+    const child = startGlobalsDump(tool, opts.target, opts.signal);
+    const file = await writeChildOutput(
+      opts,
+      set,
+      child,
+      "globals.sql",
+      "pg_dumpall-globals",
+      "globals",
+    );
+    report(opts, "globals", started, file);
+    return { status: "ok", files: [file] };
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    const error = `globals: ${errorMessage(err)}`;
+    report(opts, "globals", started, undefined, error);
+    return { status: "failed", error, files: [] };
+  }
+}
+
+async function dumpDatabase(
+  opts: BackupOptions,
+  tool: PgTool,
+  set: SetWriter,
+  db: DatabaseInfo,
+  index: number,
+): Promise<DatabaseRecord> {
+  const startedAt = new Date().toISOString();
+  const started = performance.now();
+  const base = {
+    name: db.name,
+    owner: db.owner,
+    encoding: db.encoding,
+    collate: db.collate,
+    ctype: db.ctype,
+    sizeBytes: db.sizeBytes,
+    startedAt,
+  };
+  opts.reporter.event({ type: "step", part: db.name, message: `dumping database "${db.name}"` });
+  try {
+    const child = startDatabaseDump(tool, opts.target, db.name, opts.signal);
+    const name = `db-${String(index).padStart(3, "0")}-${slug(db.name)}.pgdump`;
+    const file = await writeChildOutput(
+      opts,
+      set,
+      child,
+      name,
+      "pg_dump-custom",
+      db.name,
+      db.sizeBytes,
+    );
+    report(opts, db.name, started, file);
+    return { ...base, status: "ok", finishedAt: new Date().toISOString(), files: [file] };
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    const error = `database "${db.name}": ${errorMessage(err)}`;
+    report(opts, db.name, started, undefined, error);
+    return { ...base, status: "failed", error, finishedAt: new Date().toISOString(), files: [] };
+  }
+}
+
+/** Streams a child's stdout into the set; the file is published only if the child succeeded. */
+async function writeChildOutput(
+  opts: BackupOptions,
+  set: SetWriter,
+  child: ChildHandle,
+  name: string,
+  content: string,
+  part: string,
+  expectedBytes?: number,
+): Promise<FileRecord> {
+  try {
+    return await set.writeFile(
+      name,
+      child.stdout.pipeThrough(progressStream(opts.reporter, part, expectedBytes)),
+      { compression: opts.compression, content, ready: child.status, signal: opts.signal },
+    );
+  } catch (err) {
+    child.kill("SIGKILL");
+    // The child's own error says more than a broken pipe.
+    await child.status.catch((childErr) => {
+      throw childErr;
+    });
+    throw err;
+  }
+}
+
+function report(
+  opts: BackupOptions,
+  part: string,
+  started: number,
+  file?: FileRecord,
+  error?: string,
+): void {
+  opts.reporter.event({
+    type: "part",
+    part,
+    status: error ? "failed" : "ok",
+    bytes: file?.bytes,
+    elapsedMs: Math.round(performance.now() - started),
+    error,
+  });
+}
+
+function label(opts: BackupOptions, plan: BackupPlan): string {
+  if (opts.kind === "single") return opts.database!;
+  const host = opts.target.settings.host.value;
+  return host.startsWith("/")
+    ? `local-${plan.server.systemIdentifier?.slice(-6) ?? "socket"}`
+    : host;
+}

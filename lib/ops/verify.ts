@@ -1,0 +1,156 @@
+/**
+ * `verify`: every file of a set exists with the recorded size and sha256; `--deep` also
+ * decompresses each file (checking the raw sha256) and lets pg_restore read the archive's
+ * table of contents. Returns a report; problems are values, not exceptions.
+ */
+import { DbBackupError, errorMessage } from "../errors.ts";
+import { ChecksumStream } from "../pipeline/checksum.ts";
+import { spawn } from "../process/run.ts";
+import { findTool, type PgTool } from "../engine/pg/tools.ts";
+import { type FileRecord, type Manifest, manifestFiles } from "../repo/manifest.ts";
+import type { Repository } from "../repo/repository.ts";
+import { mapPool } from "./_pool.ts";
+import type { Reporter } from "./progress.ts";
+
+export interface FileCheck {
+  path: string;
+  ok: boolean;
+  problem?: string;
+}
+
+export interface VerifyReport {
+  setId: string;
+  status: Manifest["status"];
+  deep: boolean;
+  ok: boolean;
+  files: FileCheck[];
+}
+
+export interface VerifyOptions {
+  repo: Repository;
+  ref: string;
+  deep: boolean;
+  jobs: number;
+  pgBin?: string;
+  reporter: Reporter;
+  signal?: AbortSignal;
+}
+
+export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
+  const id = await opts.repo.resolveId(opts.ref);
+  const manifest = await opts.repo.readManifest(id);
+  const files = manifestFiles(manifest);
+  let pgRestore: PgTool | undefined;
+  if (opts.deep && files.some((f) => f.content === "pg_dump-custom")) {
+    pgRestore = await findTool(
+      "pg_restore",
+      Math.floor(manifest.server.versionNum / 10000),
+      opts.pgBin,
+    );
+  }
+  const checks = await mapPool(files, opts.jobs, async (file) => {
+    opts.reporter.event({ type: "step", part: file.path, message: `verifying ${file.path}` });
+    const check = opts.deep
+      ? await deepCheck(opts.repo, id, file, pgRestore, opts.signal)
+      : await checkStored(opts.repo, id, file);
+    opts.reporter.event({
+      type: "part",
+      part: file.path,
+      status: check.ok ? "ok" : "failed",
+      bytes: file.bytes,
+      elapsedMs: 0,
+      error: check.problem,
+    });
+    return check;
+  });
+  return {
+    setId: id,
+    status: manifest.status,
+    deep: opts.deep,
+    ok: checks.every((c) => c.ok),
+    files: checks,
+  };
+}
+
+/** Size and sha256 of the stored bytes, read once. */
+export async function checkStored(
+  repo: Repository,
+  id: string,
+  file: FileRecord,
+): Promise<FileCheck> {
+  const path = `${id}/${file.path}`;
+  const info = await repo.storage.stat(path);
+  if (!info) return { path: file.path, ok: false, problem: `file ${path} is missing` };
+  if (info.size !== file.bytes) {
+    return {
+      path: file.path,
+      ok: false,
+      problem: `file ${path} has ${info.size} bytes, the manifest says ${file.bytes}`,
+    };
+  }
+  const sum = new ChecksumStream();
+  await (await repo.storage.read(path)).pipeThrough(sum).pipeTo(new WritableStream());
+  const d = await sum.digest;
+  if (d.sha256 !== file.sha256) {
+    return {
+      path: file.path,
+      ok: false,
+      problem: `file ${path} has sha256 ${d.sha256}, the manifest says ${file.sha256}`,
+    };
+  }
+  return { path: file.path, ok: true };
+}
+
+async function deepCheck(
+  repo: Repository,
+  id: string,
+  file: FileRecord,
+  pgRestore: PgTool | undefined,
+  signal?: AbortSignal,
+): Promise<FileCheck> {
+  const shallow = await checkStored(repo, id, file);
+  if (!shallow.ok) return shallow;
+  try {
+    const data = await repo.openFile(id, file);
+    if (file.content === "pg_dump-custom" && pgRestore) {
+      const child = spawn(pgRestore.path, ["--list"], {
+        describe: `pg_restore --list of ${id}/${file.path}`,
+        stdin: "piped",
+        signal,
+      });
+      let entries = 0;
+      const counting = new Response(child.stdout).text().then((t) => {
+        entries = t.split("\n").filter((l) => /^\d+;/.test(l)).length;
+      });
+      // pg_restore --list stops reading after the table of contents; the rest of the data
+      // is still read to the end so both checksums are checked.
+      await Promise.all([feedThenDrain(data, child.stdin), child.status, counting]);
+      if (entries === 0) {
+        throw new DbBackupError("verification", `archive ${id}/${file.path} lists no entries`);
+      }
+    } else {
+      await data.pipeTo(new WritableStream());
+    }
+    return { path: file.path, ok: true };
+  } catch (err) {
+    return { path: file.path, ok: false, problem: errorMessage(err) };
+  }
+}
+
+/** Writes `data` to `sink` while it accepts; then reads the rest of `data` to its end. */
+async function feedThenDrain(
+  data: ReadableStream<Uint8Array>,
+  sink: WritableStream<Uint8Array>,
+): Promise<void> {
+  const writer = sink.getWriter();
+  let open = true;
+  for await (const chunk of data) {
+    if (!open) continue;
+    try {
+      await writer.write(chunk);
+    } catch {
+      open = false;
+    }
+  }
+  if (open) await writer.close().catch(() => {});
+}
