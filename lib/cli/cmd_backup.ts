@@ -1,0 +1,130 @@
+import { Command } from "@commander-js/extra-typings";
+import { ExitCode } from "../errors.ts";
+import { backup, type BackupResult } from "../ops/backup.ts";
+import { ensureLocalRoot } from "../storage/local.ts";
+import { type CliEnv, type GlobalOptions, makeContext } from "./context.ts";
+import { formatBytes } from "./format.ts";
+import { writeOut } from "./reporters.ts";
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
+  const cmd = new Command("backup").description("back up one database or a whole cluster");
+
+  cmd.command("single")
+    .description("back up one database with all its objects")
+    .argument("<database>", "the database to back up")
+    .option("--compression <spec>", "zstd[:1-19], gzip[:1-9] or none (default zstd:3)")
+    .action(async (database, opts, sub) => {
+      const ctx = await makeContext(
+        sub.optsWithGlobals() as GlobalOptions,
+        { compression: opts.compression },
+        cli,
+      );
+      await ctx.target.init(database);
+      if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
+      const result = await backup({
+        target: ctx.target,
+        repo: ctx.repo,
+        kind: "single",
+        database,
+        includes: [],
+        excludes: [],
+        jobs: ctx.settings.jobs.value,
+        compression: ctx.settings.compression.value,
+        pgBin: ctx.settings.pgBin?.value,
+        dryRun: ctx.dryRun,
+        reporter: ctx.reporter,
+        signal: ctx.signal,
+      });
+      printResult(result, ctx.json, ctx.quiet);
+      setExit(exitFor(result));
+    });
+
+  cmd.command("cluster")
+    .description("back up globals (roles, tablespaces) and every connectable database")
+    .option("--include <pattern>", "only databases matching this glob (repeatable)", collect, [])
+    .option("--exclude <pattern>", "skip databases matching this glob (repeatable)", collect, [])
+    .option("--compression <spec>", "zstd[:1-19], gzip[:1-9] or none (default zstd:3)")
+    .action(async (opts, sub) => {
+      const ctx = await makeContext(
+        sub.optsWithGlobals() as GlobalOptions,
+        { compression: opts.compression },
+        cli,
+      );
+      await ctx.target.init("postgres");
+      if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
+      const result = await backup({
+        target: ctx.target,
+        repo: ctx.repo,
+        kind: "cluster",
+        includes: opts.include,
+        excludes: opts.exclude,
+        jobs: ctx.settings.jobs.value,
+        compression: ctx.settings.compression.value,
+        pgBin: ctx.settings.pgBin?.value,
+        dryRun: ctx.dryRun,
+        reporter: ctx.reporter,
+        signal: ctx.signal,
+      });
+      printResult(result, ctx.json, ctx.quiet);
+      setExit(exitFor(result));
+    });
+  return cmd;
+}
+
+function exitFor(r: BackupResult): number {
+  return r.status === "partial" ? ExitCode.partial : ExitCode.ok;
+}
+
+function printResult(r: BackupResult, json: boolean, quiet: boolean): void {
+  const p = r.plan;
+  if (json) {
+    writeOut(
+      JSON.stringify({
+        type: "summary",
+        operation: `backup ${p.kind}`,
+        setId: r.setId,
+        status: r.status,
+        server: p.server.version,
+        databases: r.manifest
+          ? r.manifest.databases.map((d) => ({
+            name: d.name,
+            status: d.status,
+            error: d.error,
+            bytes: d.files.reduce((n, f) => n + f.bytes, 0),
+          }))
+          : p.databases.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes })),
+        globals: r.manifest?.globals?.status,
+        skipped: p.skipped,
+      }) + "\n",
+    );
+    return;
+  }
+  if (r.status === "dry-run") {
+    const lines = [
+      `dry run: would back up from ${p.endpoint} (PostgreSQL ${p.server.version}) with ${p.pgDump.path}:`,
+      ...(p.globals ? ["  globals (roles, tablespaces)"] : []),
+      ...p.databases.map((d) => `  database "${d.name}" (${formatBytes(d.sizeBytes)})`),
+      ...p.skipped.map((s) => `  skip "${s.name}": ${s.reason}`),
+    ];
+    writeOut(lines.join("\n") + "\n");
+    return;
+  }
+  const m = r.manifest!;
+  const failed = m.databases.filter((d) => d.status === "failed");
+  if (quiet && failed.length === 0 && m.globals?.status !== "failed") return;
+  const lines = [`backup ${m.id}: ${m.status}`];
+  if (m.globals) {
+    lines.push(`  globals: ${m.globals.status}${m.globals.error ? ` (${m.globals.error})` : ""}`);
+  }
+  for (const d of m.databases) {
+    const bytes = d.files.reduce((n, f) => n + f.bytes, 0);
+    lines.push(
+      `  "${d.name}": ${d.status}${
+        d.status === "ok" ? `, ${formatBytes(bytes)}` : ` (${d.error})`
+      }`,
+    );
+  }
+  writeOut(lines.join("\n") + "\n");
+}
