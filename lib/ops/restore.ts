@@ -175,7 +175,10 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
           "refused",
           `${action}: database "${target}" at ${opts.target.endpoint} is not empty (${existingObjects} objects); add --clean to replace its objects`,
         );
-      } else act = opts.kind === "single" ? "clean" : "drop-and-create";
+      } else {
+        // The maintenance database cannot be dropped while pg_restore is connected to it.
+        act = opts.kind === "single" || target === "postgres" ? "clean" : "drop-and-create";
+      }
     }
     databases.push({ source: rec.name, target, action: act, existingObjects, file, record: rec });
   }

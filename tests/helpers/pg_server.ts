@@ -38,30 +38,13 @@ export interface PgServer {
   logTail(lines?: number): Promise<string>;
 }
 
-/** Double-quotes a SQL identifier: `a"b` → `"a""b"`. */
-export function quoteIdent(name: string): string {
-  if (name.includes("\0")) {
-    throw new Error(`identifier contains a NUL byte: ${JSON.stringify(name)}`);
-  }
-  return `"${name.replaceAll('"', '""')}"`;
-}
-
-/** Single-quotes a SQL string literal (standard_conforming_strings is on): `it's` → `'it''s'`. */
-export function quoteLiteral(value: string): string {
-  if (value.includes("\0")) {
-    throw new Error(`literal contains a NUL byte: ${JSON.stringify(value)}`);
-  }
-  return `'${value.replaceAll("'", "''")}'`;
-}
-
-/**
- * A libpq conninfo string selecting database `name`, for `-d`. Passing a bare name to `-d`
- * would be misread as a conninfo string or URI when it contains `=` or starts with
- * `postgresql://`; the quoted `dbname='...'` form is always taken literally.
- */
-export function conninfoDbname(name: string): string {
-  return `dbname='${name.replaceAll("\\", "\\\\").replaceAll("'", "\\'")}'`;
-}
+// Identifiers, literals and conninfo strings are quoted by the same helpers dbbackup uses.
+export {
+  dbnameConninfo as conninfoDbname,
+  quoteIdent,
+  quoteLiteral,
+} from "../../lib/engine/pg/connect.ts";
+import { dbnameConninfo as conninfoDbname, quoteIdent } from "../../lib/engine/pg/connect.ts";
 
 /**
  * A minimal environment for client programs (use with `clearEnv: true`): PATH, HOME and a
