@@ -186,6 +186,11 @@ Deno.test("backup cluster restores roles, settings and every database into a fre
         assert.ok(sets[0].bytes > 0);
       });
 
+      await t.step("verify --deep reads every archive, the empty ones too", async () => {
+        const v = await dbbackup(["--repo", repo, "verify", "--deep", id]);
+        assert.equal(v.code, 0, v.stdout + v.stderr);
+      });
+
       await t.step("restore cluster --dry-run changes nothing", async () => {
         const dry = await dbbackup(["--repo", repo, "--dry-run", "restore", "cluster", id], {
           env: pgEnv(b),

@@ -235,7 +235,9 @@ async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<
         opts.signal,
       );
       parts.push({ part: "globals", status: "ok", notes: tolerated });
-      for (const t of tolerated) opts.reporter.event({ type: "warning", message: `globals: ${t}` });
+      for (const t of tolerated) {
+        opts.reporter.event({ type: "step", part: "globals", message: `kept existing: ${t}` });
+      }
       reportPart(opts, "globals", started);
     } catch (err) {
       if (opts.signal?.aborted) throw err;
