@@ -288,14 +288,30 @@ async function restoreDatabase(
   const input = (await opts.repo.openFile(plan.setId, db.file)).pipeThrough(
     progressStream(opts.reporter, db.target, db.file.rawBytes),
   );
-  await restoreArchive(pgRestore, opts.target, input, {
-    database: fromArchive ? "postgres" : db.target,
-    jobs,
-    clean: db.action === "clean" || db.action === "drop-and-create",
-    create: fromArchive,
-    signal: opts.signal,
-    describe: `pg_restore of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
-  });
+  try {
+    await restoreArchive(pgRestore, opts.target, input, {
+      database: fromArchive ? "postgres" : db.target,
+      jobs,
+      clean: db.action === "clean" || db.action === "drop-and-create",
+      create: fromArchive,
+      signal: opts.signal,
+      describe: `pg_restore of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
+    });
+  } catch (err) {
+    // A database this restore created and could not fill is removed again.
+    if (db.action === "create" || db.action === "create-from-archive") {
+      await dropDatabase(opts.target, db.target).catch(() => {});
+    }
+    throw err;
+  }
+}
+
+async function dropDatabase(target: PgTarget, name: string): Promise<void> {
+  await target.withSql(
+    "postgres",
+    `cannot drop the half-restored database "${name}"`,
+    (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}`),
+  );
 }
 
 /** CREATE DATABASE with the encoding and locale the backup recorded. */

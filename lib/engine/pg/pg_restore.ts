@@ -125,7 +125,9 @@ async function feedChild(child: ChildHandle, input: ReadableStream<Uint8Array>):
     await child.status;
   } catch (err) {
     await feeding;
-    throw inputError ?? err;
+    // A checksum failure of the input explains more than the child's exit; a broken pipe
+    // (the child stopped reading because it failed) explains less.
+    throw inputError instanceof DbBackupError ? inputError : err;
   }
   await feeding;
   if (inputError) throw inputError;
