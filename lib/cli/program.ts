@@ -65,6 +65,7 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
   const apply = (cmd: Command<unknown[], Record<string, unknown>, Record<string, unknown>>) => {
     cmd.exitOverride();
     cmd.showSuggestionAfterError(true);
+    cmd.configureOutput({ outputError: (text, write) => write(`dbbackup: ${text}`) });
     for (const sub of cmd.commands) apply(sub as typeof cmd);
   };
   apply(program as unknown as Command<unknown[], Record<string, unknown>, Record<string, unknown>>);

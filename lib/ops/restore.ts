@@ -101,10 +101,12 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
       `${action}: it is a ${manifest.kind} backup; use "restore single"`,
     );
   }
-  const skipped = manifest.databases.filter((d) => d.status !== "ok").map((d) => ({
-    name: d.name,
-    reason: d.error ?? "failed at backup time",
-  }));
+  // Databases that failed at backup time are listed when the restore would have taken them.
+  const skipped = manifest.databases.filter((d) => d.status !== "ok" && (opts.kind === "cluster"))
+    .map((d) => ({
+      name: d.name,
+      reason: d.error ?? "failed at backup time",
+    }));
   let chosen: DatabaseRecord[];
   if (opts.kind === "single") {
     const available = manifest.databases.map((d) => d.name);
