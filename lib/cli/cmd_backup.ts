@@ -2,7 +2,7 @@ import { Command } from "@commander-js/extra-typings";
 import { ExitCode } from "../errors.ts";
 import { backup, type BackupResult } from "../ops/backup.ts";
 import { ensureLocalRoot } from "../storage/local.ts";
-import { type CliEnv, type GlobalOptions, makeContext } from "./context.ts";
+import { type CliEnv, type GlobalOptions, initTarget, makeContext } from "./context.ts";
 import { formatBytes } from "./format.ts";
 import { writeOut } from "./reporters.ts";
 
@@ -21,7 +21,7 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         { compression: opts.compression },
         cli,
       );
-      await ctx.target.init(database);
+      await initTarget(ctx, database);
       if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
       const result = await backup({
         target: ctx.target,
@@ -52,7 +52,7 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         { compression: opts.compression },
         cli,
       );
-      await ctx.target.init("postgres");
+      await initTarget(ctx, "postgres");
       if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
       const result = await backup({
         target: ctx.target,

@@ -1,7 +1,13 @@
 import { Command } from "@commander-js/extra-typings";
 import { ExitCode, UsageError } from "../errors.ts";
 import { restore, type RestorePlan, type RestoreResult } from "../ops/restore.ts";
-import { type CliEnv, type Context, type GlobalOptions, makeContext } from "./context.ts";
+import {
+  type CliEnv,
+  type Context,
+  type GlobalOptions,
+  initTarget,
+  makeContext,
+} from "./context.ts";
 import { formatBytes } from "./format.ts";
 import { confirm } from "./prompt.ts";
 import { writeOut } from "./reporters.ts";
@@ -18,7 +24,7 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
     .option("--clean", "replace the objects of a non-empty target (asks, or needs --yes)")
     .action(async (ref, opts, sub) => {
       const ctx = await makeContext(sub.optsWithGlobals() as GlobalOptions, {}, cli);
-      await ctx.target.init(opts.target ?? opts.database ?? "postgres");
+      await initTarget(ctx, opts.target ?? opts.database ?? "postgres");
       const result = await restore({
         target: ctx.target,
         repo: ctx.repo,
@@ -48,7 +54,7 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
     )
     .action(async (ref, opts, sub) => {
       const ctx = await makeContext(sub.optsWithGlobals() as GlobalOptions, {}, cli);
-      await ctx.target.init("postgres");
+      await initTarget(ctx, "postgres");
       const result = await restore({
         target: ctx.target,
         repo: ctx.repo,

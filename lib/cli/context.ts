@@ -61,3 +61,9 @@ export async function makeContext(
     signal: cli.signal,
   };
 }
+
+/** Resolves the password for `database` and reports why a password file was ignored, if it was. */
+export async function initTarget(ctx: Context, database?: string): Promise<void> {
+  await ctx.target.init(database);
+  for (const message of ctx.target.warnings) ctx.reporter.event({ type: "warning", message });
+}

@@ -79,10 +79,14 @@ Deno.test("ChecksumStream: digest does not resolve before the end of the stream"
   const reader = sum.readable.getReader();
   let settled = false;
   sum.digest.then(() => settled = true, () => settled = true);
-  await writer.write(enc.encode("part"));
-  await reader.read();
+  // Not awaited: the write completes only once the chunk is read (backpressure).
+  const written = writer.write(enc.encode("part"));
+  assert.deepEqual((await reader.read()).value, enc.encode("part"));
+  await written;
   await new Promise((r) => setTimeout(r, 10));
   assert.equal(settled, false);
-  await writer.close();
+  const closed = writer.close();
+  assert.equal((await reader.read()).done, true);
+  await closed;
   assert.equal((await sum.digest).bytes, 4);
 });

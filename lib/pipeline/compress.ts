@@ -30,7 +30,8 @@ export function parseCompression(spec: string): Compression {
   const algorithm = name as CompressionAlgorithm;
   const [min, max, fallback] = levels[algorithm];
   if (levelText === undefined || levelText === "") return { algorithm, level: fallback };
-  const level = Number(levelText);
+  // Digits only: Number() would also take "1e1", "0x3" or " 5".
+  const level = /^\d+$/.test(levelText) ? Number(levelText) : NaN;
   if (algorithm === "none" || !Number.isInteger(level) || level < min || level > max) {
     throw new UsageError(
       `invalid compression level in "${spec}": ${algorithm} takes ${

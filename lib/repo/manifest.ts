@@ -96,12 +96,19 @@ export function parseManifest(text: string, where: string): Manifest {
   }
   if (typeof m.id !== "string" || !Array.isArray(m.databases)) throw bad("missing id or databases");
   if (m.kind !== "single" && m.kind !== "cluster") throw bad(`unknown kind ${m.kind}`);
+  // Each part must hold a file list, or manifestFiles() below would fail with a TypeError.
+  for (const part of [...(m.globals == null ? [] : [m.globals]), ...m.databases]) {
+    if (typeof part !== "object" || part === null || !Array.isArray(part.files)) {
+      throw bad("a database or globals entry has no file list");
+    }
+  }
   for (const f of manifestFiles(m as Manifest)) {
     if (
+      typeof f !== "object" || f === null ||
       typeof f.path !== "string" || f.path.includes("..") || f.path.startsWith("/") ||
       typeof f.sha256 !== "string" || typeof f.bytes !== "number"
     ) {
-      throw bad(`file entry ${JSON.stringify(f.path)} is malformed`);
+      throw bad(`file entry ${JSON.stringify(f?.path)} is malformed`);
     }
   }
   return m as Manifest;

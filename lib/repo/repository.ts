@@ -135,7 +135,10 @@ export class Repository {
     const stored = new ChecksumStream();
     const raw = new ChecksumStream();
     const name = `${id}/${file.path}`;
-    const source = (await this.storage.read(name)).pipeThrough(stored);
+    // Bytes beyond the recorded size never reach the decompressor: trailing garbage after a
+    // zstd frame makes Deno's node:zlib throw an uncaught error and stall the stream.
+    const source = (await this.storage.read(name)).pipeThrough(sizeLimit(file.bytes, name))
+      .pipeThrough(stored);
     // The last chunk is held back until both checksums are verified, so a consumer never
     // sees the complete data of a file that does not match its manifest.
     let held: Uint8Array | undefined;
@@ -164,8 +167,10 @@ export class Repository {
         if (held) controller.enqueue(held);
       },
     });
-    return source.pipeThrough(decompressStream(file.compression)).pipeThrough(raw)
-      .pipeThrough(check);
+    return namingErrors(
+      source.pipeThrough(decompressStream(file.compression)).pipeThrough(raw).pipeThrough(check),
+      name,
+    );
   }
 }
 
@@ -218,6 +223,50 @@ export class SetWriter {
   async discard(): Promise<void> {
     await this.storage.remove(this.id);
   }
+}
+
+/** Passes at most `limit` bytes; errors as soon as more arrive. */
+function sizeLimit(limit: number, name: string): TransformStream<Uint8Array, Uint8Array> {
+  let seen = 0;
+  return new TransformStream({
+    transform(chunk, controller) {
+      seen += chunk.byteLength;
+      if (seen > limit) {
+        throw new DbBackupError(
+          "verification",
+          `file ${name} does not match the manifest (more than the expected ${limit} bytes)`,
+        );
+      }
+      controller.enqueue(chunk);
+    },
+  });
+}
+
+/** The same stream, but any error that is not already a DbBackupError names the file. */
+function namingErrors(
+  stream: ReadableStream<Uint8Array>,
+  name: string,
+): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      } catch (err) {
+        if (err instanceof DbBackupError) throw err;
+        throw new DbBackupError(
+          "verification",
+          `file ${name} cannot be read: ${errorMessage(err)}`,
+          { cause: err },
+        );
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** The overall status of a set from the status of its parts. */

@@ -7,8 +7,9 @@ export function compactTimestamp(d: Date): string {
 
 /** A file-name-safe slug: ASCII letters, digits, `.`, `_`, `-`; at most 40 characters. */
 export function slug(text: string): string {
-  const s = text.normalize("NFKD").replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+/, "")
-    .slice(0, 40);
+  // NFKD splits "Ä" into "A" + a combining mark; the marks are dropped, not turned into "_".
+  const s = text.normalize("NFKD").replace(/\p{M}+/gu, "").replace(/[^A-Za-z0-9._-]+/g, "_")
+    .replace(/^[._]+/, "").slice(0, 40);
   return s || "x";
 }
 

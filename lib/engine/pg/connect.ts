@@ -20,6 +20,8 @@ export class PgTarget {
   #password?: Secret;
   #passwordSource?: string;
   #passwordRequested = false;
+  /** The server asked for a password and there was none to give. */
+  #passwordMissing = false;
   readonly warnings: string[] = [];
   readonly #env: Env;
   readonly #prompt?: PasswordPrompt;
@@ -60,15 +62,19 @@ export class PgTarget {
     this.warnings.push(...found.warnings);
   }
 
+  /**
+   * postgres.js's `pass` callback. It must not reject: postgres.js does not handle that
+   * rejection, which then ends the process as an unhandled one. Without a password it sends an
+   * empty one, which the server refuses (28P01), and explain() says that none was given.
+   */
   async #passwordFor(): Promise<string> {
     this.#passwordRequested = true;
     if (this.#password) return this.#password.reveal();
-    const typed = await this.#prompt?.(`Password for user ${this.user} at ${this.endpoint}: `);
+    const typed = await this.#prompt?.(`Password for user ${this.user} at ${this.endpoint}: `)
+      .catch(() => undefined);
     if (typed === undefined) {
-      throw new DbBackupError(
-        "auth",
-        `the server at ${this.endpoint} asks for a password for user "${this.user}" and none was given: set PGPASSWORD or add an entry to the password file`,
-      );
+      this.#passwordMissing = true;
+      return "";
     }
     this.#password = new Secret(typed);
     this.#passwordSource = "prompt";
@@ -114,6 +120,12 @@ export class PgTarget {
     }
     const e = err as { code?: string; message?: string };
     const where = `at ${this.endpoint}`;
+    if (this.#passwordMissing && (e.code === "28P01" || e.code === "28000")) {
+      return new DbBackupError(
+        "auth",
+        `${action}: the server ${where} asks for a password for user "${this.user}" and none was given: set PGPASSWORD or add an entry to the password file`,
+      );
+    }
     switch (e.code) {
       case "ECONNREFUSED":
         return new DbBackupError("connection", `${action}: connection refused ${where}`);
