@@ -1,5 +1,5 @@
 /**
- * Round trips through the pg_dump engine: back up from one server, restore into another,
+ * Round trips through both engines: back up from one server, restore into another,
  * and compare schema dumps, per-table row hashes, sequences, large objects and roles.
  */
 import { strict as assert } from "node:assert";
@@ -8,6 +8,7 @@ import { dbbackup, loadAwkward, pgEnv, setDirs, tempRepo } from "./helpers/cli.t
 import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
+const ENGINES = ["pg_dump", "native"] as const;
 
 async function readManifest(repo: string, id: string) {
   return JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
@@ -27,92 +28,108 @@ async function dbSettings(pg: PgServer, db: string): Promise<string> {
   );
 }
 
-Deno.test("backup single restores into another server with identical schema and rows", async (t) => {
-  await withTwoPg(async (a, b) => {
-    const repo = await tempRepo();
-    try {
-      await loadAwkward(a, AWKWARD_DB);
-      const before = await snapshotDatabase(a, AWKWARD_DB);
-      assert.ok(Object.keys(before.tables).length >= 8, "the dataset has many tables");
-      assert.ok(before.largeObjects.length >= 3, "the dataset has large objects");
+for (const engine of ENGINES) {
+  Deno.test(`backup single (${engine}) restores into another server with identical schema and rows`, async (t) => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await loadAwkward(a, AWKWARD_DB);
+        const before = await snapshotDatabase(a, AWKWARD_DB);
+        assert.ok(Object.keys(before.tables).length >= 8, "the dataset has many tables");
+        assert.ok(before.largeObjects.length >= 3, "the dataset has large objects");
 
-      const backup = await dbbackup(["--repo", repo, "--json", "backup", "single", AWKWARD_DB], {
-        env: pgEnv(a),
-      });
-      assert.equal(backup.code, 0, backup.stderr);
-      const summary = JSON.parse(backup.stdout.trim().split("\n").at(-1)!);
-      assert.equal(summary.type, "summary");
-      assert.equal(summary.status, "complete");
-      const id: string = summary.setId;
-      assert.deepEqual(await setDirs(repo), [id]);
+        const backup = await dbbackup([
+          "--repo",
+          repo,
+          "--json",
+          "backup",
+          "single",
+          AWKWARD_DB,
+          "--engine",
+          engine,
+          ...(engine === "native" ? ["--chunk-size", "16k"] : []),
+        ], { env: pgEnv(a) });
+        assert.equal(backup.code, 0, backup.stderr);
+        const summary = JSON.parse(backup.stdout.trim().split("\n").at(-1)!);
+        assert.equal(summary.type, "summary");
+        assert.equal(summary.status, "complete");
+        const id: string = summary.setId;
+        assert.deepEqual(await setDirs(repo), [id]);
 
-      const manifest = await readManifest(repo, id);
-      assert.equal(manifest.kind, "single");
-      assert.equal(manifest.databases[0].name, AWKWARD_DB);
-      assert.equal(manifest.databases[0].files[0].compression, "zstd");
-      for await (const f of Deno.readDir(`${repo}/${id}`)) {
-        const mode = (await Deno.stat(`${repo}/${id}/${f.name}`)).mode! & 0o777;
-        assert.equal(mode, 0o600, `${f.name} is 0600`);
-      }
-      assert.equal((await Deno.stat(`${repo}/${id}`)).mode! & 0o777, 0o700);
+        const manifest = await readManifest(repo, id);
+        assert.equal(manifest.kind, "single");
+        assert.equal(manifest.databases[0].name, AWKWARD_DB);
+        assert.equal(manifest.databases[0].files[0].compression, "zstd");
+        assert.equal(manifest.engine, engine);
+        if (engine === "native") {
+          const tables: { chunks: unknown[] }[] = manifest.databases[0].native.tables;
+          assert.ok(tables.some((t) => t.chunks.length > 1), "some table was split into chunks");
+          assert.equal(manifest.databases[0].native.snapshots.length, 1);
+        }
+        for await (const f of Deno.readDir(`${repo}/${id}`)) {
+          const mode = (await Deno.stat(`${repo}/${id}/${f.name}`)).mode! & 0o777;
+          assert.equal(mode, 0o600, `${f.name} is 0600`);
+        }
+        assert.equal((await Deno.stat(`${repo}/${id}`)).mode! & 0o777, 0o700);
 
-      await t.step("verify and verify --deep pass", async () => {
-        const v = await dbbackup(["--repo", repo, "verify", id]);
-        assert.equal(v.code, 0, v.stderr);
-        const deep = await dbbackup(["--repo", repo, "verify", "--deep", id]);
-        assert.equal(deep.code, 0, deep.stderr);
-        assert.match(deep.stdout, /ok/);
-      });
-
-      // Single-database backups carry no roles: the target needs them, as with pg_restore.
-      await b.psql(await Deno.readTextFile(new URL("fixtures/roles.sql", import.meta.url)));
-
-      await t.step("restore --create under the original name", async () => {
-        const r = await dbbackup(["--repo", repo, "restore", "single", id, "--create"], {
-          env: pgEnv(b),
+        await t.step("verify and verify --deep pass", async () => {
+          const v = await dbbackup(["--repo", repo, "verify", id]);
+          assert.equal(v.code, 0, v.stderr);
+          const deep = await dbbackup(["--repo", repo, "verify", "--deep", id]);
+          assert.equal(deep.code, 0, deep.stderr);
+          assert.match(deep.stdout, /ok/);
         });
-        assert.equal(r.code, 0, r.stderr);
-        assertSameSnapshot(await snapshotDatabase(b, AWKWARD_DB), before, "restored database");
-      });
 
-      await t.step("restore --target with parallel jobs", async () => {
-        const r = await dbbackup(
-          [
-            "--repo",
-            repo,
-            "-j",
-            "2",
-            "restore",
-            "single",
-            "latest",
-            "--target",
-            "copy two",
-            "--create",
-          ],
-          { env: pgEnv(b) },
-        );
-        assert.equal(r.code, 0, r.stderr);
-        assertSameSnapshot(await snapshotDatabase(b, "copy two"), before, "restored copy (-j 2)");
-      });
+        // Single-database backups carry no roles: the target needs them, as with pg_restore.
+        await b.psql(await Deno.readTextFile(new URL("fixtures/roles.sql", import.meta.url)));
 
-      await t.step("restore into an existing empty database needs no flags", async () => {
-        await b.createDatabase("empty target");
-        const r = await dbbackup(
-          ["--repo", repo, "restore", "single", id, "--target", "empty target"],
-          { env: pgEnv(b) },
-        );
-        assert.equal(r.code, 0, r.stderr);
-        assertSameSnapshot(await snapshotDatabase(b, "empty target"), before, "into empty");
-      });
+        await t.step("restore --create under the original name", async () => {
+          const r = await dbbackup(["--repo", repo, "restore", "single", id, "--create"], {
+            env: pgEnv(b),
+          });
+          assert.equal(r.code, 0, r.stderr);
+          assertSameSnapshot(await snapshotDatabase(b, AWKWARD_DB), before, "restored database");
+        });
 
-      await t.step("the source was not changed by the backup", async () => {
-        assertSameSnapshot(await snapshotDatabase(a, AWKWARD_DB), before, "source after backup");
-      });
-    } finally {
-      await Deno.remove(repo, { recursive: true });
-    }
+        await t.step("restore --target with parallel jobs", async () => {
+          const r = await dbbackup(
+            [
+              "--repo",
+              repo,
+              "-j",
+              "2",
+              "restore",
+              "single",
+              "latest",
+              "--target",
+              "copy two",
+              "--create",
+            ],
+            { env: pgEnv(b) },
+          );
+          assert.equal(r.code, 0, r.stderr);
+          assertSameSnapshot(await snapshotDatabase(b, "copy two"), before, "restored copy (-j 2)");
+        });
+
+        await t.step("restore into an existing empty database needs no flags", async () => {
+          await b.createDatabase("empty target");
+          const r = await dbbackup(
+            ["--repo", repo, "restore", "single", id, "--target", "empty target"],
+            { env: pgEnv(b) },
+          );
+          assert.equal(r.code, 0, r.stderr);
+          assertSameSnapshot(await snapshotDatabase(b, "empty target"), before, "into empty");
+        });
+
+        await t.step("the source was not changed by the backup", async () => {
+          assertSameSnapshot(await snapshotDatabase(a, AWKWARD_DB), before, "source after backup");
+        });
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
   });
-});
+}
 
 Deno.test("gzip and uncompressed backups restore identically", async () => {
   await withTwoPg(async (a, b) => {
@@ -144,113 +161,132 @@ Deno.test("gzip and uncompressed backups restore identically", async () => {
   });
 });
 
-Deno.test("backup cluster restores roles, settings and every database into a fresh server", async (t) => {
-  await withTwoPg(async (a, b) => {
-    const repo = await tempRepo();
-    try {
-      await loadAwkward(a, AWKWARD_DB);
-      await loadAwkward(a, "shop", false);
-      await a.createDatabase("empty_db");
-      await a.psql(`ALTER DATABASE empty_db SET work_mem = '8MB';
+for (const engine of ENGINES) {
+  Deno.test(`backup cluster (${engine}) restores roles, settings and every database into a fresh server`, async (t) => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await loadAwkward(a, AWKWARD_DB);
+        await loadAwkward(a, "shop", false);
+        await a.createDatabase("empty_db");
+        await a.psql(`ALTER DATABASE empty_db SET work_mem = '8MB';
         ALTER DATABASE shop OWNER TO app_owner;
         COMMENT ON DATABASE shop IS 'the shop';`);
-      const dbs = [AWKWARD_DB, "shop", "empty_db", "postgres"];
-      const before = new Map<string, Awaited<ReturnType<typeof snapshotDatabase>>>();
-      for (const db of dbs) before.set(db, await snapshotDatabase(a, db));
-      const globals = await snapshotGlobals(a);
+        const dbs = [AWKWARD_DB, "shop", "empty_db", "postgres"];
+        const before = new Map<string, Awaited<ReturnType<typeof snapshotDatabase>>>();
+        for (const db of dbs) before.set(db, await snapshotDatabase(a, db));
+        const globals = await snapshotGlobals(a);
 
-      const r = await dbbackup(["--repo", repo, "-j", "2", "backup", "cluster"], {
-        env: pgEnv(a),
-      });
-      assert.equal(r.code, 0, r.stderr);
-      const [id] = await setDirs(repo);
-      const manifest = await readManifest(repo, id);
-      assert.equal(manifest.kind, "cluster");
-      assert.equal(manifest.status, "complete");
-      assert.equal(manifest.globals.status, "ok");
-      assert.deepEqual(
-        manifest.databases.map((d: { name: string }) => d.name).sort(),
-        [...dbs].sort(),
-        "every connectable non-template database, no templates",
-      );
-
-      await t.step("list --json shows the set", async () => {
-        const l = await dbbackup(["--repo", repo, "list", "--json"]);
-        assert.equal(l.code, 0, l.stderr);
-        const sets = JSON.parse(l.stdout);
-        assert.equal(sets.length, 1);
-        assert.equal(sets[0].id, id);
-        assert.equal(sets[0].status, "complete");
-        assert.equal(sets[0].kind, "cluster");
-        assert.equal(sets[0].databases.length, 4);
-        assert.ok(sets[0].bytes > 0);
-      });
-
-      await t.step("verify --deep reads every archive, the empty ones too", async () => {
-        const v = await dbbackup(["--repo", repo, "verify", "--deep", id]);
-        assert.equal(v.code, 0, v.stdout + v.stderr);
-      });
-
-      await t.step("restore cluster --dry-run changes nothing", async () => {
-        const dry = await dbbackup(["--repo", repo, "--dry-run", "restore", "cluster", id], {
-          env: pgEnv(b),
-        });
-        assert.equal(dry.code, 0, dry.stderr);
-        assert.match(dry.stdout, /dry run/);
-        assert.equal(await q(b, "SELECT count(*) FROM pg_database WHERE datname = 'shop'"), "0");
-        assert.equal(await q(b, "SELECT count(*) FROM pg_roles WHERE rolname = 'alice'"), "0");
-      });
-
-      await t.step("restore cluster reproduces roles and every database", async () => {
-        const res = await dbbackup(["--repo", repo, "-j", "2", "restore", "cluster", id], {
-          env: pgEnv(b),
-        });
-        assert.equal(res.code, 0, res.stderr);
-        assertSameSnapshot(await snapshotGlobals(b), globals, "roles");
-        for (const db of dbs) {
-          assertSameSnapshot(await snapshotDatabase(b, db), before.get(db)!, `database ${db}`);
-        }
-        assert.equal(await dbSettings(b, "empty_db"), "work_mem=8MB");
-        assert.equal(
-          await q(b, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'shop'"),
-          "app_owner",
+        const r = await dbbackup(
+          [
+            "--repo",
+            repo,
+            "-j",
+            "2",
+            "backup",
+            "cluster",
+            "--engine",
+            engine,
+            "--chunk-size",
+            "16k",
+          ],
+          { env: pgEnv(a) },
         );
-        assert.equal(
-          await q(
-            b,
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'shop'",
-          ),
-          "the shop",
+        assert.equal(r.code, 0, r.stderr);
+        const [id] = await setDirs(repo);
+        const manifest = await readManifest(repo, id);
+        assert.equal(manifest.kind, "cluster");
+        assert.equal(manifest.status, "complete");
+        assert.equal(manifest.globals.status, "ok");
+        assert.deepEqual(
+          manifest.databases.map((d: { name: string }) => d.name).sort(),
+          [...dbs].sort(),
+          "every connectable non-template database, no templates",
         );
-      });
 
-      await t.step(
-        "a second restore cluster is refused without --clean, nothing changed",
-        async () => {
-          await b.psql("CREATE TABLE extra_marker (x int); INSERT INTO extra_marker VALUES (1)", {
-            db: "shop",
+        await t.step("list --json shows the set", async () => {
+          const l = await dbbackup(["--repo", repo, "list", "--json"]);
+          assert.equal(l.code, 0, l.stderr);
+          const sets = JSON.parse(l.stdout);
+          assert.equal(sets.length, 1);
+          assert.equal(sets[0].id, id);
+          assert.equal(sets[0].status, "complete");
+          assert.equal(sets[0].kind, "cluster");
+          assert.equal(sets[0].databases.length, 4);
+          assert.ok(sets[0].bytes > 0);
+        });
+
+        await t.step("verify --deep reads every archive, the empty ones too", async () => {
+          const v = await dbbackup(["--repo", repo, "verify", "--deep", id]);
+          assert.equal(v.code, 0, v.stdout + v.stderr);
+        });
+
+        await t.step("restore cluster --dry-run changes nothing", async () => {
+          const dry = await dbbackup(["--repo", repo, "--dry-run", "restore", "cluster", id], {
+            env: pgEnv(b),
           });
-          const res = await dbbackup(["--repo", repo, "restore", "cluster", id], { env: pgEnv(b) });
-          assert.equal(res.code, 1);
-          assert.match(res.stderr, /not empty/);
-          assert.equal(await q(b, "SELECT count(*) FROM extra_marker", "shop"), "1");
-        },
-      );
-
-      await t.step("restore cluster --clean --yes replaces the changed databases", async () => {
-        const res = await dbbackup(["--repo", repo, "--yes", "restore", "cluster", id, "--clean"], {
-          env: pgEnv(b),
+          assert.equal(dry.code, 0, dry.stderr);
+          assert.match(dry.stdout, /dry run/);
+          assert.equal(await q(b, "SELECT count(*) FROM pg_database WHERE datname = 'shop'"), "0");
+          assert.equal(await q(b, "SELECT count(*) FROM pg_roles WHERE rolname = 'alice'"), "0");
         });
-        assert.equal(res.code, 0, res.stderr);
-        for (const db of dbs) {
-          assertSameSnapshot(await snapshotDatabase(b, db), before.get(db)!, `database ${db}`);
-        }
-      });
-    } finally {
-      await Deno.remove(repo, { recursive: true });
-    }
+
+        await t.step("restore cluster reproduces roles and every database", async () => {
+          const res = await dbbackup(["--repo", repo, "-j", "2", "restore", "cluster", id], {
+            env: pgEnv(b),
+          });
+          assert.equal(res.code, 0, res.stderr);
+          assertSameSnapshot(await snapshotGlobals(b), globals, "roles");
+          for (const db of dbs) {
+            assertSameSnapshot(await snapshotDatabase(b, db), before.get(db)!, `database ${db}`);
+          }
+          assert.equal(await dbSettings(b, "empty_db"), "work_mem=8MB");
+          assert.equal(
+            await q(b, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'shop'"),
+            "app_owner",
+          );
+          assert.equal(
+            await q(
+              b,
+              "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'shop'",
+            ),
+            "the shop",
+          );
+        });
+
+        await t.step(
+          "a second restore cluster is refused without --clean, nothing changed",
+          async () => {
+            await b.psql("CREATE TABLE extra_marker (x int); INSERT INTO extra_marker VALUES (1)", {
+              db: "shop",
+            });
+            const res = await dbbackup(["--repo", repo, "restore", "cluster", id], {
+              env: pgEnv(b),
+            });
+            assert.equal(res.code, 1);
+            assert.match(res.stderr, /not empty/);
+            assert.equal(await q(b, "SELECT count(*) FROM extra_marker", "shop"), "1");
+          },
+        );
+
+        await t.step("restore cluster --clean --yes replaces the changed databases", async () => {
+          const res = await dbbackup(
+            ["--repo", repo, "--yes", "restore", "cluster", id, "--clean"],
+            {
+              env: pgEnv(b),
+            },
+          );
+          assert.equal(res.code, 0, res.stderr);
+          for (const db of dbs) {
+            assertSameSnapshot(await snapshotDatabase(b, db), before.get(db)!, `database ${db}`);
+          }
+        });
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
   });
-});
+}
 
 Deno.test("backup cluster --include/--exclude select databases by glob", async () => {
   await withTwoPg(async (a, _b) => {

@@ -1,5 +1,7 @@
-import { Command } from "@commander-js/extra-typings";
-import { ExitCode } from "../errors.ts";
+import { Command, Option } from "@commander-js/extra-typings";
+import { ExitCode, UsageError } from "../errors.ts";
+import { DEFAULT_CHUNK_BYTES } from "../engine/pg/native_dump.ts";
+import { parseSize } from "../plan/chunks.ts";
 import { backup, type BackupResult } from "../ops/backup.ts";
 import { ensureLocalRoot } from "../storage/local.ts";
 import { type CliEnv, type GlobalOptions, initTarget, makeContext } from "./context.ts";
@@ -8,6 +10,21 @@ import { writeOut } from "./reporters.ts";
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+const engineOption = () =>
+  new Option("--engine <engine>", "pg_dump, or native (parallel COPY from one snapshot)")
+    .choices(["pg_dump", "native"] as const).default("pg_dump" as const);
+const chunkOption = () =>
+  new Option("--chunk-size <size>", "native: split tables larger than this (e.g. 256MB)");
+const resumeOption = () =>
+  new Option("--resume", "native: continue the newest incomplete set of the same target");
+
+function chunkBytes(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_CHUNK_BYTES;
+  const n = parseSize(text);
+  if (n === undefined || n < 1) throw new UsageError(`invalid --chunk-size "${text}"`);
+  return n;
+}
+
 export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
   const cmd = new Command("backup").description("back up one database or a whole cluster");
 
@@ -15,6 +32,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .description("back up one database with all its objects")
     .argument("<database>", "the database to back up")
     .option("--compression <spec>", "zstd[:1-19], gzip[:1-9] or none (default zstd:3)")
+    .addOption(engineOption())
+    .addOption(chunkOption())
+    .addOption(resumeOption())
     .action(async (database, opts, sub) => {
       const ctx = await makeContext(
         sub.optsWithGlobals() as GlobalOptions,
@@ -33,6 +53,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         jobs: ctx.settings.jobs.value,
         compression: ctx.settings.compression.value,
         pgBin: ctx.settings.pgBin?.value,
+        engine: opts.engine,
+        chunkBytes: chunkBytes(opts.chunkSize),
+        resume: opts.resume ?? false,
         dryRun: ctx.dryRun,
         reporter: ctx.reporter,
         signal: ctx.signal,
@@ -46,6 +69,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .option("--include <pattern>", "only databases matching this glob (repeatable)", collect, [])
     .option("--exclude <pattern>", "skip databases matching this glob (repeatable)", collect, [])
     .option("--compression <spec>", "zstd[:1-19], gzip[:1-9] or none (default zstd:3)")
+    .addOption(engineOption())
+    .addOption(chunkOption())
+    .addOption(resumeOption())
     .action(async (opts, sub) => {
       const ctx = await makeContext(
         sub.optsWithGlobals() as GlobalOptions,
@@ -63,6 +89,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         jobs: ctx.settings.jobs.value,
         compression: ctx.settings.compression.value,
         pgBin: ctx.settings.pgBin?.value,
+        engine: opts.engine,
+        chunkBytes: chunkBytes(opts.chunkSize),
+        resume: opts.resume ?? false,
         dryRun: ctx.dryRun,
         reporter: ctx.reporter,
         signal: ctx.signal,

@@ -1,6 +1,7 @@
 /**
- * `backup single` and `backup cluster` through pg_dump: inspect the server, plan what to dump,
- * claim a new set, dump globals and databases (`jobs` at a time), publish the manifest last.
+ * `backup single` and `backup cluster`: inspect the server, plan what to dump, claim a new set
+ * (or reopen an interrupted one with --resume), dump globals and databases through the chosen
+ * engine (pg_dump, or the native COPY engine), publish the manifest last.
  */
 import { DbBackupError, errorMessage, InterruptedError } from "../errors.ts";
 import type { Compression } from "../pipeline/compress.ts";
@@ -15,11 +16,13 @@ import { startDatabaseDump, startGlobalsDump } from "../engine/pg/pg_dump.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import type {
   DatabaseRecord,
+  Engine,
   FileRecord,
   GlobalsRecord,
   Manifest,
   SetKind,
 } from "../repo/manifest.ts";
+import { dumpDatabaseNative } from "../engine/pg/native_dump.ts";
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from "../repo/manifest.ts";
 import { overallStatus, type Repository, type SetWriter } from "../repo/repository.ts";
 import { slug } from "../repo/set_id.ts";
@@ -40,6 +43,11 @@ export interface BackupOptions {
   jobs: number;
   compression: Compression;
   pgBin?: string;
+  engine: Engine;
+  /** Native engine: tables larger than this are split into chunks. */
+  chunkBytes: number;
+  /** Continue the newest incomplete set of the same target (native engine). */
+  resume: boolean;
   dryRun: boolean;
   reporter: Reporter;
   signal?: AbortSignal;
@@ -63,15 +71,21 @@ export interface BackupResult {
 }
 
 export async function backup(opts: BackupOptions): Promise<BackupResult> {
+  if (opts.resume && opts.engine !== "native") {
+    throw new DbBackupError("usage", "--resume needs the native engine (--engine native)");
+  }
   const plan = await planBackup(opts);
   if (opts.dryRun) return { status: "dry-run", plan };
-  const set = await opts.repo.createSet(opts.kind, label(opts, plan));
+  const set = await claimSet(opts, plan);
   opts.reporter.event({
     type: "start",
     operation: `backup ${opts.kind}`,
     setId: set.id,
     parts: [...(plan.globals ? ["globals"] : []), ...plan.databases.map((d) => d.name)],
   });
+  // A native set keeps what it wrote when it fails, so `--resume` can continue it; a pg_dump
+  // set cannot be continued and is removed.
+  const keep = opts.engine === "native";
   try {
     const manifest = await runBackup(opts, plan, set);
     const parts = [
@@ -79,7 +93,6 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       ...manifest.databases.map((d) => d.status),
     ];
     if (parts.every((p) => p === "failed")) {
-      await set.discard();
       const reasons = [
         ...(manifest.globals?.error ? [manifest.globals.error] : []),
         ...manifest.databases.map((d) => d.error ?? ""),
@@ -87,15 +100,38 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       throw new DbBackupError("backup_failed", reasons.filter(Boolean).join("; "));
     }
     await set.writeManifest(manifest);
+    await set.removeStates().catch(() => {});
     return { setId: set.id, status: manifest.status, plan, manifest };
   } catch (err) {
-    // Nothing of an unfinished set is kept: without a manifest it could never be restored.
-    await set.discard().catch(() => {});
-    if (opts.signal?.aborted) {
-      throw new InterruptedError(`backup interrupted; the unfinished set ${set.id} was removed`);
-    }
+    if (!keep) await set.discard().catch(() => {});
+    const kept = keep
+      ? `; the incomplete set ${set.id} was kept: run the same backup with --resume to continue it`
+      : `; the unfinished set ${set.id} was removed`;
+    if (opts.signal?.aborted) throw new InterruptedError(`backup interrupted${kept}`);
+    if (err instanceof DbBackupError) throw new DbBackupError(err.code, `${err.message}${kept}`);
     throw err;
   }
+}
+
+/** A new set, or with --resume the newest incomplete set of the same kind and target. */
+async function claimSet(opts: BackupOptions, plan: BackupPlan): Promise<SetWriter> {
+  const name = label(opts, plan);
+  if (opts.resume) {
+    const suffix = `-${opts.kind}-${slug(name)}`;
+    const candidates = (await opts.repo.listSets()).filter((s) =>
+      s.status === "incomplete" && s.id.replace(/-\d+$/, "").endsWith(suffix)
+    );
+    const last = candidates.at(-1);
+    if (last) {
+      opts.reporter.event({ type: "step", message: `resuming the incomplete set ${last.id}` });
+      return await opts.repo.reopenSet(last.id);
+    }
+    opts.reporter.event({
+      type: "step",
+      message: "no incomplete set to resume: starting a new one",
+    });
+  }
+  return await opts.repo.createSet(opts.kind, name);
 }
 
 /** Phase 1: what the server has and what will be dumped; changes nothing. */
@@ -150,7 +186,7 @@ async function runBackup(opts: BackupOptions, plan: BackupPlan, set: SetWriter):
   const databases = await mapPool(
     plan.databases,
     opts.jobs,
-    (db, i) => dumpDatabase(opts, plan.pgDump, set, db, i + 1),
+    (db, i) => dumpDatabase(opts, plan, set, db, i + 1),
   );
   const status = overallStatus([
     ...(globals ? [globals.status] : []),
@@ -163,7 +199,7 @@ async function runBackup(opts: BackupOptions, plan: BackupPlan, set: SetWriter):
     tool: { name: "dbbackup", version: VERSION },
     kind: opts.kind,
     dbType: "postgres",
-    engine: "pg_dump",
+    engine: opts.engine,
     status,
     server: {
       version: plan.server.version,
@@ -211,7 +247,7 @@ async function dumpGlobals(
 
 async function dumpDatabase(
   opts: BackupOptions,
-  tool: PgTool,
+  plan: BackupPlan,
   set: SetWriter,
   db: DatabaseInfo,
   index: number,
@@ -228,6 +264,8 @@ async function dumpDatabase(
     startedAt,
   };
   opts.reporter.event({ type: "step", part: db.name, message: `dumping database "${db.name}"` });
+  const tool = plan.pgDump;
+  if (opts.engine === "native") return await dumpNative(opts, plan, set, db, index, base, started);
   try {
     const child = startDatabaseDump(tool, opts.target, db.name, opts.signal);
     const name = `db-${String(index).padStart(3, "0")}-${slug(db.name)}.pgdump`;
@@ -242,6 +280,61 @@ async function dumpDatabase(
     );
     report(opts, db.name, started, file);
     return { ...base, status: "ok", finishedAt: new Date().toISOString(), files: [file] };
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    const error = `database "${db.name}": ${errorMessage(err)}`;
+    report(opts, db.name, started, undefined, error);
+    return { ...base, status: "failed", error, finishedAt: new Date().toISOString(), files: [] };
+  }
+}
+
+async function dumpNative(
+  opts: BackupOptions,
+  plan: BackupPlan,
+  set: SetWriter,
+  db: DatabaseInfo,
+  index: number,
+  base: Omit<DatabaseRecord, "status" | "finishedAt" | "files">,
+  started: number,
+): Promise<DatabaseRecord> {
+  try {
+    const result = await dumpDatabaseNative({
+      target: opts.target,
+      database: db.name,
+      set,
+      prefix: `db-${String(index).padStart(3, "0")}`,
+      compression: opts.compression,
+      jobs: opts.jobs,
+      chunkBytes: opts.chunkBytes,
+      pgDump: plan.pgDump,
+      serverMajor: plan.server.major,
+      resume: opts.resume,
+      reporter: opts.reporter,
+      part: db.name,
+      signal: opts.signal,
+    });
+    if (result.reused > 0) {
+      opts.reporter.event({
+        type: "step",
+        part: db.name,
+        message: `reused ${result.reused} chunk(s) of "${db.name}" from the interrupted run`,
+      });
+    }
+    const bytes = result.files.reduce((n, f) => n + f.bytes, 0);
+    opts.reporter.event({
+      type: "part",
+      part: db.name,
+      status: "ok",
+      bytes,
+      elapsedMs: Math.round(performance.now() - started),
+    });
+    return {
+      ...base,
+      status: "ok",
+      finishedAt: new Date().toISOString(),
+      files: result.files,
+      native: result.layout,
+    };
   } catch (err) {
     if (opts.signal?.aborted) throw err;
     const error = `database "${db.name}": ${errorMessage(err)}`;

@@ -7,6 +7,7 @@ import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
 import { restoreArchive, restoreGlobalsScript } from "../engine/pg/pg_restore.ts";
+import { restoreDatabaseNative } from "../engine/pg/native_restore.ts";
 import { findTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord, Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
@@ -44,7 +45,9 @@ export type DatabaseAction =
   /** pg_restore --create creates the database with its properties from the archive. */
   | "create-from-archive"
   /** Cluster restore with --clean: pg_restore drops and recreates the whole database. */
-  | "drop-and-create";
+  | "drop-and-create"
+  /** Native single restore with --clean: the database is dropped and created empty again. */
+  | "recreate";
 
 export interface PlannedDatabase {
   source: string;
@@ -52,7 +55,10 @@ export interface PlannedDatabase {
   action: DatabaseAction;
   /** Objects the target holds now. */
   existingObjects: number;
+  /** The archive pg_restore reads (the schema archive for the native engine). */
   file: FileRecord;
+  /** Every file the restore reads. */
+  files: FileRecord[];
   record: DatabaseRecord;
 }
 
@@ -80,7 +86,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (opts.dryRun) return { plan, status: "dry-run", parts: [] };
   await verifyBeforeRestore(opts, plan);
   const destructive = plan.databases.filter((d) =>
-    d.action === "clean" || d.action === "drop-and-create"
+    d.action === "clean" || d.action === "drop-and-create" || d.action === "recreate"
   ).map((d) =>
     d.action === "clean"
       ? `replace objects in database "${d.target}" (${d.existingObjects} objects now)`
@@ -153,7 +159,10 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
   const databases: PlannedDatabase[] = [];
   for (const rec of chosen) {
     const target = opts.kind === "single" ? opts.targetName ?? rec.name : rec.name;
-    const file = rec.files.find((f) => f.content === "pg_dump-custom");
+    const native = manifest.engine === "native";
+    const file = rec.files.find((f) =>
+      f.content === (native ? "pg_dump-custom-schema" : "pg_dump-custom")
+    );
     if (!file) throw new DbBackupError("verification", `${action}: "${rec.name}" has no archive`);
     let existingObjects = 0;
     let act: DatabaseAction;
@@ -177,12 +186,29 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
           "refused",
           `${action}: database "${target}" at ${opts.target.endpoint} is not empty (${existingObjects} objects); add --clean to replace its objects`,
         );
-      } else {
+      } else if (native && opts.kind === "single") {
+        // Section-by-section restores cannot drop objects in dependency order: start afresh.
+        act = "recreate";
+      } else if (target === "postgres") {
         // The maintenance database cannot be dropped while pg_restore is connected to it.
-        act = opts.kind === "single" || target === "postgres" ? "clean" : "drop-and-create";
-      }
+        if (native) {
+          throw new DbBackupError(
+            "refused",
+            `${action}: the database "postgres" at ${opts.target.endpoint} is not empty; the native engine cannot clean it in place: empty it first`,
+          );
+        }
+        act = "clean";
+      } else act = opts.kind === "single" ? "clean" : "drop-and-create";
     }
-    databases.push({ source: rec.name, target, action: act, existingObjects, file, record: rec });
+    databases.push({
+      source: rec.name,
+      target,
+      action: act,
+      existingObjects,
+      file,
+      files: rec.files,
+      record: rec,
+    });
   }
   return {
     setId: id,
@@ -201,7 +227,10 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
 
 /** Every file the plan reads must match its manifest before anything is changed. */
 async function verifyBeforeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<void> {
-  const files = [...(plan.globals ? [plan.globals] : []), ...plan.databases.map((d) => d.file)];
+  const files = [
+    ...(plan.globals ? [plan.globals] : []),
+    ...plan.databases.flatMap((d) => d.files),
+  ];
   opts.reporter.event({
     type: "step",
     message: `verifying ${files.length} file(s) of ${plan.setId}`,
@@ -285,8 +314,33 @@ async function restoreDatabase(
     part: db.target,
     message: `restoring "${db.source}" into "${db.target}" (${db.action})`,
   });
-  if (db.action === "create") await createDatabase(opts.target, db);
+  if (db.action === "recreate") await dropDatabase(opts.target, db.target);
+  if (db.action === "create" || db.action === "recreate") await createDatabase(opts.target, db);
   const fromArchive = db.action === "create-from-archive" || db.action === "drop-and-create";
+  if (plan.manifest.engine === "native") {
+    try {
+      await restoreDatabaseNative({
+        target: opts.target,
+        repo: opts.repo,
+        setId: plan.setId,
+        record: db.record,
+        database: db.target,
+        createFromArchive: fromArchive,
+        dropFirst: db.action === "drop-and-create",
+        jobs,
+        pgRestore,
+        reporter: opts.reporter,
+        signal: opts.signal,
+      });
+    } catch (err) {
+      // A database this restore created and could not fill is removed again.
+      if (db.action === "create" || db.action === "create-from-archive") {
+        await dropDatabase(opts.target, db.target).catch(() => {});
+      }
+      throw err;
+    }
+    return;
+  }
   const input = (await opts.repo.openFile(plan.setId, db.file)).pipeThrough(
     progressStream(opts.reporter, db.target, db.file.rawBytes),
   );
@@ -311,7 +365,7 @@ async function restoreDatabase(
 async function dropDatabase(target: PgTarget, name: string): Promise<void> {
   await target.withSql(
     "postgres",
-    `cannot drop the half-restored database "${name}"`,
+    `cannot drop database "${name}" at ${target.endpoint}`,
     (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}`),
   );
 }

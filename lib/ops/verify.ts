@@ -41,7 +41,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
   const manifest = await opts.repo.readManifest(id);
   const files = manifestFiles(manifest);
   let pgRestore: PgTool | undefined;
-  if (opts.deep && files.some((f) => f.content === "pg_dump-custom")) {
+  if (opts.deep && files.some((f) => f.content.startsWith("pg_dump-custom"))) {
     pgRestore = await findTool(
       "pg_restore",
       Math.floor(manifest.server.versionNum / 10000),
@@ -112,7 +112,7 @@ async function deepCheck(
   if (!shallow.ok) return shallow;
   try {
     const data = await repo.openFile(id, file);
-    if (file.content === "pg_dump-custom" && pgRestore) {
+    if (file.content.startsWith("pg_dump-custom") && pgRestore) {
       const child = spawn(pgRestore.path, ["--list"], {
         describe: `pg_restore --list of ${id}/${file.path}`,
         stdin: "piped",

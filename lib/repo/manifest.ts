@@ -12,6 +12,7 @@ export const MANIFEST_VERSION = 1;
 export type SetKind = "single" | "cluster";
 export type SetStatus = "complete" | "partial" | "failed";
 export type PartStatus = "ok" | "failed";
+export type Engine = "pg_dump" | "native";
 
 export interface FileRecord {
   /** Path relative to the set folder. */
@@ -40,6 +41,48 @@ export interface DatabaseRecord {
   startedAt: string;
   finishedAt: string;
   files: FileRecord[];
+  /** How the native engine laid the database out; absent for the pg_dump engine. */
+  native?: NativeLayout;
+}
+
+/** A snapshot the native engine read data from. */
+export interface SnapshotRecord {
+  id: string;
+  takenAt: string;
+}
+
+/** One chunk of a table's rows: a COPY text file of a range of heap pages. */
+export interface ChunkRecord {
+  /** The file's path (also listed in the database's files). */
+  path: string;
+  /** First heap page, inclusive; the last chunk of a table has `toPage` null (open end). */
+  fromPage: number;
+  toPage: number | null;
+  rows: number;
+  /** Index into `snapshots`. */
+  snapshot: number;
+}
+
+export interface TableRecord {
+  schema: string;
+  name: string;
+  /** Column names, quoted as identifiers, in COPY order (no generated or dropped ones). */
+  columns: string[];
+  /** Heap bytes when the backup was planned. */
+  bytes: number;
+  chunks: ChunkRecord[];
+}
+
+export interface NativeLayout {
+  /** One snapshot normally; two or more when the backup was resumed. */
+  snapshots: SnapshotRecord[];
+  /** pg_dump archive of everything but the data of `tables` (schema, sequences, large objects). */
+  schemaPath: string;
+  tables: TableRecord[];
+  /** Relations whose data is not backed up (foreign tables), with why. */
+  skipped: { table: string; reason: string }[];
+  /** sha256 of the table definitions the plan was made for. */
+  fingerprint: string;
 }
 
 export interface GlobalsRecord {
@@ -55,7 +98,7 @@ export interface Manifest {
   tool: { name: "dbbackup"; version: string };
   kind: SetKind;
   dbType: "postgres";
-  engine: "pg_dump";
+  engine: Engine;
   status: SetStatus;
   server: { version: string; versionNum: number; host: string; port: number; system?: string };
   /** Tool versions that wrote the data (pg_dump --version). */

@@ -21,6 +21,9 @@ import {
 } from "./manifest.ts";
 import { isSetId, setId } from "./set_id.ts";
 
+/** Folder of a set holding resume records while the backup runs. */
+export const STATE_DIR = "state";
+
 export type ListedStatus = SetStatus | "incomplete" | "invalid";
 
 export interface ListedSet {
@@ -52,6 +55,20 @@ export class Repository {
       }
     }
     throw new DbBackupError("exists", `cannot create a new backup set named ${base}*`);
+  }
+
+  /** Continues writing an existing incomplete set (a resumed backup). */
+  async reopenSet(id: string): Promise<SetWriter> {
+    if (await this.storage.stat(`${id}/${MANIFEST_FILE}`)) {
+      throw new DbBackupError(
+        "refused",
+        `backup set ${id} is complete; there is nothing to resume`,
+      );
+    }
+    if (!await this.storage.stat(id)) {
+      throw new DbBackupError("not_found", `backup set ${id} does not exist in ${this.location}`);
+    }
+    return new SetWriter(this.storage, id);
   }
 
   /** Every set folder, oldest first, with its status; folders that are not sets are ignored. */
@@ -184,6 +201,7 @@ export interface WriteFileOptions {
 
 /** Writes the files of one new set, then its manifest. */
 export class SetWriter {
+  #stateDir = false;
   constructor(private readonly storage: Storage, readonly id: string) {}
 
   /** Compresses and checksums `data` while writing it to `<set>/<name><suffix>`. */
@@ -211,6 +229,54 @@ export class SetWriter {
       rawBytes: r.bytes,
       rawSha256: r.sha256,
     };
+  }
+
+  /**
+   * Records progress that a resumed backup can trust: `state/<name>.json`, written atomically
+   * after the file it describes was published. Removed once the manifest is written.
+   */
+  async writeState(name: string, value: unknown): Promise<void> {
+    if (!this.#stateDir) {
+      if (!await this.storage.stat(`${this.id}/${STATE_DIR}`)) {
+        await this.storage.createDirectory(`${this.id}/${STATE_DIR}`);
+      }
+      this.#stateDir = true;
+    }
+    const bytes = new TextEncoder().encode(JSON.stringify(value) + "\n");
+    await this.storage.write(`${this.id}/${STATE_DIR}/${name}.json`, ReadableStream.from([bytes]));
+  }
+
+  /** Every state record whose name starts with `prefix`, by name. */
+  async readStates(prefix: string): Promise<Map<string, unknown>> {
+    const out = new Map<string, unknown>();
+    for (const e of await this.storage.list(`${this.id}/${STATE_DIR}`)) {
+      if (!e.name.startsWith(prefix) || !e.name.endsWith(".json")) continue;
+      const text = await new Response(
+        await this.storage.read(`${this.id}/${STATE_DIR}/${e.name}`),
+      ).text();
+      out.set(e.name.slice(0, -".json".length), JSON.parse(text));
+    }
+    return out;
+  }
+
+  /** Whether a published file still has the size and sha256 it was recorded with. */
+  async fileMatches(file: FileRecord): Promise<boolean> {
+    const path = `${this.id}/${file.path}`;
+    const info = await this.storage.stat(path);
+    if (!info || info.size !== file.bytes) return false;
+    const sum = new ChecksumStream();
+    await (await this.storage.read(path)).pipeThrough(sum).pipeTo(new WritableStream());
+    return (await sum.digest).sha256 === file.sha256;
+  }
+
+  /** Removes a published file (a resumed backup replacing one that no longer verifies). */
+  async removeFile(path: string): Promise<void> {
+    await this.storage.remove(`${this.id}/${path}`);
+  }
+
+  /** Drops the progress records once the manifest makes them redundant. */
+  async removeStates(): Promise<void> {
+    await this.storage.remove(`${this.id}/${STATE_DIR}`);
   }
 
   /** Publishes the manifest: the set is complete from this moment on. */

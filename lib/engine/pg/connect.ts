@@ -96,8 +96,17 @@ export class PgTarget {
       idle_timeout: 30,
       prepare: false,
       onnotice: () => {},
-      connection: { application_name: "dbbackup" },
-      fetch_types: false,
+      // Text COPY output depends on these: pin them so data reads back the same anywhere.
+      // A long backup transaction must not be ended by a server-side idle timeout.
+      connection: {
+        application_name: "dbbackup",
+        DateStyle: "ISO",
+        IntervalStyle: "postgres",
+        extra_float_digits: 3,
+        statement_timeout: 0,
+        idle_in_transaction_session_timeout: 0,
+      },
+      // Not fetch_types: false: with it, sql.reserve() never resolves (postgres.js 3.4.9).
     });
   }
 

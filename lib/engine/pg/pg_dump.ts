@@ -13,11 +13,13 @@ export function startDatabaseDump(
   target: PgTarget,
   database: string,
   signal?: AbortSignal,
+  extraArgs: readonly string[] = [],
 ): ChildHandle {
   return spawn(tool.path, [
     "--format=custom",
     "--compress=0",
     "--no-password",
+    ...extraArgs,
     "--dbname",
     dbnameConninfo(database),
   ], {

@@ -13,6 +13,8 @@ export interface ArchiveRestoreOptions {
   /** Let pg_restore create the database named in the archive (pg_restore --create). */
   create: boolean;
   signal?: AbortSignal;
+  /** Restore only this section of the archive. */
+  section?: "pre-data" | "data" | "post-data";
   /** Where a parallel restore may spool the archive (it needs a seekable file). */
   tempDir?: string;
   describe: string;
@@ -32,6 +34,7 @@ export async function restoreArchive(
   const args = ["--exit-on-error", "--no-password", "--dbname", dbnameConninfo(options.database)];
   if (options.clean) args.push("--clean", "--if-exists");
   if (options.create) args.push("--create");
+  if (options.section) args.push(`--section=${options.section}`);
   if (options.jobs <= 1) {
     if (!options.create) args.push("--single-transaction");
     const child = spawn(tool.path, args, {

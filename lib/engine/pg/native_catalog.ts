@@ -1,0 +1,97 @@
+/** Catalog queries of the native engine: which tables hold data, their columns and sizes. */
+import { createHash } from "node:crypto";
+import type { Sql } from "./connect.ts";
+
+export interface DataTable {
+  schema: string;
+  name: string;
+  /** `"schema"."name"`, quoted by the server. */
+  qualified: string;
+  /** Quoted column names in attribute order, without generated or dropped columns. */
+  columns: string[];
+  /** Column types, for the fingerprint. */
+  types: string[];
+  bytes: number;
+  pages: number;
+}
+
+export interface DataTables {
+  tables: DataTable[];
+  /** Relations whose data is not dumped natively, with why. */
+  skipped: { table: string; reason: string }[];
+}
+
+/**
+ * Every table whose rows belong in the backup: ordinary tables and partitions (relkind r),
+ * permanent or unlogged, outside system schemas and not owned by an extension (pg_dump's
+ * schema archive keeps the data of extension configuration tables). Partitioned parents hold
+ * no rows of their own: their leaves are dumped, once each.
+ */
+export async function listDataTables(sql: Sql): Promise<DataTables> {
+  const rows = await sql.unsafe<{
+    schema: string;
+    name: string;
+    qualified: string;
+    relkind: string;
+    columns: string[];
+    types: string[];
+    bytes: string;
+    block_size: number;
+  }[]>(`
+    SELECT n.nspname AS schema, c.relname AS name,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
+           c.relkind::text AS relkind,
+           ARRAY(SELECT quote_ident(a.attname) FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                    AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
+           ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                    AND a.attgenerated = '' ORDER BY a.attnum) AS types,
+           CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::text AS bytes,
+           current_setting('block_size')::int AS block_size
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'f')
+       AND c.relpersistence IN ('p', 'u')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.deptype = 'e')
+     ORDER BY n.nspname, c.relname`);
+  const tables: DataTable[] = [];
+  const skipped: DataTables["skipped"] = [];
+  for (const r of rows) {
+    if (r.relkind === "f") {
+      skipped.push({ table: r.qualified, reason: "foreign table: its data lives elsewhere" });
+      continue;
+    }
+    const bytes = Number(r.bytes);
+    tables.push({
+      schema: r.schema,
+      name: r.name,
+      qualified: r.qualified,
+      columns: r.columns,
+      types: r.types,
+      bytes,
+      pages: Math.ceil(bytes / r.block_size),
+    });
+  }
+  return { tables, skipped };
+}
+
+/** sha256 of the table definitions: a resumed backup must find the same ones. */
+export function tablesFingerprint(tables: readonly DataTable[]): string {
+  const h = createHash("sha256");
+  for (const t of tables) {
+    h.update(JSON.stringify([t.qualified, t.columns, t.types]));
+    h.update("\n");
+  }
+  return h.digest("hex");
+}
+
+/** A pg_dump/psql name pattern that matches exactly this schema and table. */
+export function exactTablePattern(schema: string, name: string): string {
+  const q = (s: string) => `"${s.replace(/"/g, '""')}"`;
+  return `${q(schema)}.${q(name)}`;
+}

@@ -1,0 +1,404 @@
+/**
+ * The native PostgreSQL dump of one database: a leader transaction exports a snapshot; the
+ * schema (with sequences and large objects) comes from `pg_dump --snapshot`, and every table's
+ * rows stream out through `COPY ... TO STDOUT` on `jobs` workers that import the same
+ * snapshot. Tables larger than the chunk size are split into heap page ranges, so one huge
+ * table keeps every worker busy. Each chunk is its own file, compressed and checksummed while
+ * written, and recorded in a state record so an interrupted backup can be resumed.
+ */
+import type postgres from "postgres";
+import { DbBackupError, errorMessage, InterruptedError } from "../../errors.ts";
+import type { Compression } from "../../pipeline/compress.ts";
+import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.ts";
+import type { SetWriter } from "../../repo/repository.ts";
+import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
+import type { Reporter } from "../../ops/progress.ts";
+import { type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
+import { copyOutStream } from "./copy_stream.ts";
+import {
+  type DataTable,
+  exactTablePattern,
+  listDataTables,
+  tablesFingerprint,
+} from "./native_catalog.ts";
+import { startDatabaseDump } from "./pg_dump.ts";
+import type { PgTool } from "./tools.ts";
+
+export const DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024;
+/** How often one chunk is tried before the database counts as failed. */
+const CHUNK_ATTEMPTS = 3;
+
+export interface NativeDumpOptions {
+  target: PgTarget;
+  database: string;
+  set: SetWriter;
+  /** File name prefix of this database in the set, e.g. "db-001". */
+  prefix: string;
+  compression: Compression;
+  jobs: number;
+  chunkBytes: number;
+  pgDump: PgTool;
+  serverMajor: number;
+  /** Reuse chunks an interrupted run of the same set already wrote. */
+  resume: boolean;
+  reporter: Reporter;
+  /** Progress part name (the database). */
+  part: string;
+  signal?: AbortSignal;
+  /** Test hook: called with each chunk's file name once it is published. */
+  onChunk?: (path: string) => void;
+}
+
+export interface NativeDumpResult {
+  files: FileRecord[];
+  layout: NativeLayout;
+  /** Chunks reused from an earlier, interrupted run. */
+  reused: number;
+}
+
+/** The plan of one database, written before any data so a resumed run follows it. */
+interface PlanState {
+  fingerprint: string;
+  tables: (Omit<TableRecord, "chunks"> & { ranges: PageRange[] })[];
+  skipped: { table: string; reason: string }[];
+}
+
+/** What a published file looked like, with the snapshot its data came from. */
+interface FileState {
+  file: FileRecord;
+  rows: number;
+  snapshot: { id: string; takenAt: string };
+}
+
+interface ChunkJob {
+  table: number;
+  chunk: number;
+  range: PageRange;
+  bytes: number;
+  attempts: number;
+}
+
+export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDumpResult> {
+  const sql = o.target.connect(o.database, o.jobs + 1);
+  // Our own abort: the first failure stops the other workers and pg_dump.
+  const stop = new AbortController();
+  const onOuterAbort = () => stop.abort(o.signal?.reason);
+  o.signal?.addEventListener("abort", onOuterAbort, { once: true });
+  try {
+    const leader = await sql.reserve();
+    try {
+      await leader.unsafe("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+      const [{ snapshot: snapshotId }] = await leader.unsafe<{ snapshot: string }[]>(
+        "SELECT pg_export_snapshot() AS snapshot",
+      );
+      const snapshot = { id: snapshotId, takenAt: new Date().toISOString() };
+      const listing = await listDataTables(leader);
+      await lockTables(leader, listing.tables);
+      const plan = await loadOrMakePlan(o, listing.tables, listing.skipped);
+      const states = o.resume ? await o.set.readStates(`${o.prefix}.`) : new Map();
+      const progress = new ByteProgress(o.reporter, o.part);
+
+      const schemaTask = dumpSchema(o, plan, snapshot, states, stop.signal);
+      const chunkTask = dumpChunks(o, sql, plan, snapshot, states, progress, stop.signal);
+      const settled = await Promise.allSettled([schemaTask, chunkTask]);
+      const failure = settled.find((s) => s.status === "rejected");
+      if (failure) {
+        stop.abort();
+        throw (failure as PromiseRejectedResult).reason;
+      }
+      const schema = (settled[0] as PromiseFulfilledResult<FileState>).value;
+      const chunks =
+        (settled[1] as PromiseFulfilledResult<{ states: ChunkState[]; reused: number }>)
+          .value;
+      await leader.unsafe("COMMIT");
+      return assemble(plan, schema, chunks.states, chunks.reused);
+    } finally {
+      leader.release();
+    }
+  } catch (err) {
+    if (o.signal?.aborted) throw new InterruptedError(`interrupted while dumping "${o.database}"`);
+    throw err instanceof DbBackupError ? err : o.target.explain(
+      err,
+      `cannot back up database "${o.database}"`,
+      o.database,
+    );
+  } finally {
+    o.signal?.removeEventListener("abort", onOuterAbort);
+    await sql.end({ timeout: 5 }).catch(() => {});
+  }
+}
+
+/** Takes ACCESS SHARE locks so no table is dropped, altered or truncated during the dump. */
+async function lockTables(leader: Sql, tables: readonly DataTable[]): Promise<void> {
+  for (let i = 0; i < tables.length; i += 500) {
+    const names = tables.slice(i, i + 500).map((t) => t.qualified).join(", ");
+    await leader.unsafe(`LOCK TABLE ${names} IN ACCESS SHARE MODE`);
+  }
+}
+
+async function loadOrMakePlan(
+  o: NativeDumpOptions,
+  tables: DataTable[],
+  skipped: PlanState["skipped"],
+): Promise<PlanState> {
+  const fingerprint = tablesFingerprint(tables);
+  const planName = `${o.prefix}.plan`;
+  if (o.resume) {
+    const previous = (await o.set.readStates(planName)).get(planName) as PlanState | undefined;
+    if (previous) {
+      if (previous.fingerprint !== fingerprint) {
+        throw new DbBackupError(
+          "refused",
+          `cannot resume backup ${o.set.id} of "${o.database}": its tables or columns changed since the interrupted run; start a new backup`,
+        );
+      }
+      return previous;
+    }
+  }
+  const canSplit = o.serverMajor >= 14; // TID range scans make page ranges cheap
+  const plan: PlanState = {
+    fingerprint,
+    skipped,
+    tables: tables.map((t) => ({
+      schema: t.schema,
+      name: t.name,
+      columns: t.columns,
+      bytes: t.bytes,
+      ranges: planPageRanges(t, o.chunkBytes, canSplit),
+    })),
+  };
+  await o.set.writeState(planName, plan);
+  return plan;
+}
+
+/** pg_dump of everything except the data of the tables the workers copy. */
+async function dumpSchema(
+  o: NativeDumpOptions,
+  plan: PlanState,
+  snapshot: FileState["snapshot"],
+  states: Map<string, unknown>,
+  signal: AbortSignal,
+): Promise<FileState> {
+  const stateName = `${o.prefix}.schema`;
+  const previous = states.get(stateName) as FileState | undefined;
+  if (previous && await o.set.fileMatches(previous.file)) return previous;
+  if (previous) await o.set.removeFile(previous.file.path);
+  const excludes = plan.tables.map((t) =>
+    `--exclude-table-data=${exactTablePattern(t.schema, t.name)}`
+  );
+  const child = startDatabaseDump(o.pgDump, o.target, o.database, signal, [
+    `--snapshot=${snapshot.id}`,
+    ...excludes,
+  ]);
+  let file: FileRecord;
+  try {
+    file = await o.set.writeFile(`${o.prefix}-schema.pgdump`, child.stdout, {
+      compression: o.compression,
+      content: "pg_dump-custom-schema",
+      ready: child.status,
+      signal,
+    });
+  } catch (err) {
+    child.kill("SIGKILL");
+    await child.status.catch((childErr) => {
+      throw childErr;
+    });
+    throw err;
+  }
+  const state: FileState = { file, rows: 0, snapshot };
+  await o.set.writeState(stateName, state);
+  return state;
+}
+
+interface ChunkState extends FileState {
+  table: number;
+  chunk: number;
+  range: PageRange;
+}
+
+async function dumpChunks(
+  o: NativeDumpOptions,
+  sql: Sql,
+  plan: PlanState,
+  snapshot: FileState["snapshot"],
+  states: Map<string, unknown>,
+  progress: ByteProgress,
+  signal: AbortSignal,
+): Promise<{ states: ChunkState[]; reused: number }> {
+  const done: ChunkState[] = [];
+  const todo: ChunkJob[] = [];
+  let reused = 0;
+  for (const [ti, t] of plan.tables.entries()) {
+    for (const [ci, range] of t.ranges.entries()) {
+      const previous = states.get(chunkName(o.prefix, ti, ci)) as ChunkState | undefined;
+      if (previous && await o.set.fileMatches(previous.file)) {
+        done.push(previous);
+        reused++;
+        continue;
+      }
+      if (previous) await o.set.removeFile(previous.file.path);
+      const pages = (range.to ?? Math.max(range.from + 1, Math.ceil(t.bytes / 8192))) - range.from;
+      todo.push({ table: ti, chunk: ci, range, bytes: pages * 8192, attempts: 0 });
+    }
+  }
+  const queue = largestFirst(todo);
+  let failure: unknown;
+
+  const runOne = async (tx: postgres.TransactionSql, job: ChunkJob) => {
+    const t = plan.tables[job.table];
+    const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+    const cols = t.columns.join(", ");
+    const whole = job.range.from === 0 && job.range.to === null;
+    const query = whole
+      ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
+      : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
+        job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
+      }) TO STDOUT`;
+    const readable = await tx.unsafe(query).readable();
+    const rows = new RowCounter();
+    const file = await o.set.writeFile(
+      chunkName(o.prefix, job.table, job.chunk).replace(".", "-") + ".copy",
+      copyOutStream(readable).pipeThrough(rows).pipeThrough(progress.stream()),
+      { compression: o.compression, content: "copy-text", signal },
+    );
+    const state: ChunkState = {
+      file,
+      rows: rows.rows,
+      snapshot,
+      table: job.table,
+      chunk: job.chunk,
+      range: job.range,
+    };
+    await o.set.writeState(chunkName(o.prefix, job.table, job.chunk), state);
+    done.push(state);
+    o.onChunk?.(file.path);
+  };
+
+  const worker = async () => {
+    while (queue.length > 0 && failure === undefined && !signal.aborted) {
+      let current: ChunkJob | undefined;
+      try {
+        await sql.begin("ISOLATION LEVEL REPEATABLE READ, READ ONLY", async (tx) => {
+          await tx.unsafe(`SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`);
+          while (queue.length > 0 && failure === undefined && !signal.aborted) {
+            current = queue.shift()!;
+            current.attempts++;
+            await runOne(tx, current);
+            current = undefined;
+          }
+        });
+      } catch (err) {
+        if (signal.aborted) return;
+        // A chunk that failed (connection reset, backend killed) is tried again on a new
+        // connection that imports the same snapshot, while the leader still holds it.
+        if (current && current.attempts < CHUNK_ATTEMPTS) {
+          o.reporter.event({
+            type: "warning",
+            message: `retrying chunk ${current.chunk + 1} of table ${
+              plan.tables[current.table].schema
+            }.${plan.tables[current.table].name} (${errorMessage(err)})`,
+          });
+          queue.push(current);
+          continue;
+        }
+        failure ??= err;
+        return;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(o.jobs, queue.length)) }, worker));
+  if (failure !== undefined) throw failure;
+  if (signal.aborted) throw new InterruptedError(`interrupted while dumping "${o.database}"`);
+  return { states: done, reused };
+}
+
+function assemble(
+  plan: PlanState,
+  schema: FileState,
+  chunks: ChunkState[],
+  reused: number,
+): NativeDumpResult {
+  const snapshots: FileState["snapshot"][] = [];
+  const snapshotIndex = (s: FileState["snapshot"]) => {
+    let i = snapshots.findIndex((x) => x.id === s.id);
+    if (i < 0) i = snapshots.push(s) - 1;
+    return i;
+  };
+  snapshotIndex(schema.snapshot);
+  const tables: TableRecord[] = plan.tables.map((t) => ({
+    schema: t.schema,
+    name: t.name,
+    columns: t.columns,
+    bytes: t.bytes,
+    chunks: [],
+  }));
+  const sorted = [...chunks].sort((a, b) => a.table - b.table || a.chunk - b.chunk);
+  for (const c of sorted) {
+    tables[c.table].chunks.push({
+      path: c.file.path,
+      fromPage: c.range.from,
+      toPage: c.range.to,
+      rows: c.rows,
+      snapshot: snapshotIndex(c.snapshot),
+    });
+  }
+  return {
+    files: [schema.file, ...sorted.map((c) => c.file)],
+    layout: {
+      snapshots,
+      schemaPath: schema.file.path,
+      tables,
+      skipped: plan.skipped,
+      fingerprint: plan.fingerprint,
+    },
+    reused,
+  };
+}
+
+function chunkName(prefix: string, table: number, chunk: number): string {
+  return `${prefix}.t${String(table + 1).padStart(5, "0")}-c${String(chunk + 1).padStart(4, "0")}`;
+}
+
+/** Counts rows of COPY text data: every row ends with a newline, and data never has one. */
+class RowCounter extends TransformStream<Uint8Array, Uint8Array> {
+  readonly #count: { rows: number };
+  constructor() {
+    const count = { rows: 0 };
+    super({
+      transform(chunk, controller) {
+        for (let p = chunk.indexOf(10); p !== -1; p = chunk.indexOf(10, p + 1)) count.rows++;
+        controller.enqueue(chunk);
+      },
+    });
+    this.#count = count;
+  }
+  get rows(): number {
+    return this.#count.rows;
+  }
+}
+
+/** Adds up the bytes of all chunks of a database and reports them twice a second. */
+class ByteProgress {
+  #bytes = 0;
+  #last = 0;
+  readonly #started = performance.now();
+  constructor(private readonly reporter: Reporter, private readonly part: string) {}
+  stream(): TransformStream<Uint8Array, Uint8Array> {
+    return new TransformStream({
+      transform: (chunk, controller) => {
+        this.#bytes += chunk.byteLength;
+        const now = performance.now();
+        if (now - this.#last >= 500) {
+          this.#last = now;
+          this.reporter.event({
+            type: "progress",
+            part: this.part,
+            bytes: this.#bytes,
+            elapsedMs: Math.round(now - this.#started),
+          });
+        }
+        controller.enqueue(chunk);
+      },
+    });
+  }
+}

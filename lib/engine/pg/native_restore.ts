@@ -1,0 +1,103 @@
+/**
+ * Restore of a natively dumped database: the schema archive's pre-data section, then every
+ * chunk through `COPY ... FROM STDIN` on `jobs` connections at once, then the archive's data
+ * section (sequence values, large objects), then post-data (indexes, constraints, triggers)
+ * with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
+ * a mismatch stops the restore and names the chunk.
+ */
+import type { DatabaseRecord, FileRecord } from "../../repo/manifest.ts";
+import type { Repository } from "../../repo/repository.ts";
+import { largestFirst } from "../../plan/chunks.ts";
+import { DbBackupError } from "../../errors.ts";
+import type { Reporter } from "../../ops/progress.ts";
+import { mapPool } from "../../ops/_pool.ts";
+import { type PgTarget, quoteIdent } from "./connect.ts";
+import { copyInStream } from "./copy_stream.ts";
+import { restoreArchive } from "./pg_restore.ts";
+import type { PgTool } from "./tools.ts";
+
+export interface NativeRestoreOptions {
+  target: PgTarget;
+  repo: Repository;
+  setId: string;
+  record: DatabaseRecord;
+  /** The database to fill (it exists, or pre-data creates it with `createFromArchive`). */
+  database: string;
+  /** pg_restore --create: the database is created from the archive, with its properties. */
+  createFromArchive: boolean;
+  /** With createFromArchive: drop the database first if it exists. */
+  dropFirst: boolean;
+  jobs: number;
+  pgRestore: PgTool;
+  reporter: Reporter;
+  signal?: AbortSignal;
+}
+
+export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<void> {
+  const layout = o.record.native;
+  if (!layout) {
+    throw new DbBackupError("verification", `database "${o.record.name}" has no native layout`);
+  }
+  const files = new Map<string, FileRecord>(o.record.files.map((f) => [f.path, f]));
+  const file = (path: string) => {
+    const f = files.get(path);
+    if (!f) throw new DbBackupError("verification", `manifest lists no file ${path}`);
+    return f;
+  };
+  const schema = file(layout.schemaPath);
+  const describe = (what: string) =>
+    `${what} of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
+  const section = async (name: "pre-data" | "data" | "post-data", jobs: number) => {
+    o.reporter.event({
+      type: "step",
+      part: o.database,
+      message: `restoring ${name} of "${o.database}"`,
+    });
+    await restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
+      database: name === "pre-data" && o.createFromArchive ? "postgres" : o.database,
+      jobs,
+      clean: name === "pre-data" && o.dropFirst,
+      create: name === "pre-data" && o.createFromArchive,
+      section: name,
+      signal: o.signal,
+      describe: describe(`pg_restore --section=${name}`),
+    });
+  };
+
+  await section("pre-data", 1);
+
+  const chunks = largestFirst(
+    layout.tables.flatMap((t) =>
+      t.chunks.map((c) => ({ table: t, chunk: c, bytes: file(c.path).rawBytes }))
+    ),
+  );
+  o.reporter.event({
+    type: "step",
+    part: o.database,
+    message: `copying ${chunks.length} chunk(s) of ${layout.tables.length} table(s)`,
+  });
+  const sql = o.target.connect(o.database, Math.max(1, o.jobs));
+  try {
+    await mapPool(chunks, o.jobs, async ({ table, chunk }) => {
+      if (o.signal?.aborted) throw o.signal.reason;
+      const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
+      const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
+      const data = await o.repo.openFile(o.setId, file(chunk.path));
+      try {
+        // One transaction per chunk: a chunk that fails its checksum leaves no rows behind.
+        await sql.begin(async (tx) => {
+          const writable = await tx.unsafe(`COPY ${qualified}${cols} FROM STDIN`).writable();
+          await copyInStream(data, writable);
+        });
+      } catch (err) {
+        if (err instanceof DbBackupError) throw err;
+        throw o.target.explain(err, describe(`COPY of chunk ${chunk.path}`), o.database);
+      }
+    });
+  } finally {
+    await sql.end({ timeout: 5 }).catch(() => {});
+  }
+
+  await section("data", 1);
+  await section("post-data", o.jobs);
+}
