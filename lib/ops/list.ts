@@ -1,5 +1,5 @@
 /** `list`: every set in the repository with its status, databases, sizes and times. */
-import { manifestFiles } from "../repo/manifest.ts";
+import { type Manifest, manifestFiles } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 
 export interface SetSummary {
@@ -14,7 +14,15 @@ export interface SetSummary {
   startedAt?: string;
   finishedAt?: string;
   server?: string;
+  /** Native engine: snapshots the data spans (more than 1 after a resumed backup). */
+  snapshots?: number;
   problem?: string;
+}
+
+/** How many snapshots a set's data spans: 1 normally, more after a resumed native backup. */
+export function snapshotCount(m: Manifest): number | undefined {
+  const counts = m.databases.map((d) => d.native?.snapshots.length ?? 0);
+  return m.engine === "native" ? Math.max(1, ...counts) : undefined;
 }
 
 export async function list(repo: Repository): Promise<SetSummary[]> {
@@ -34,6 +42,7 @@ export async function list(repo: Repository): Promise<SetSummary[]> {
       startedAt: m.startedAt,
       finishedAt: m.finishedAt,
       server: `${m.server.host}:${m.server.port} (PostgreSQL ${m.server.version})`,
+      snapshots: snapshotCount(m),
     };
   });
 }

@@ -12,6 +12,7 @@ import { findTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord, Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 import { mapPool } from "./_pool.ts";
+import { snapshotCount } from "./list.ts";
 import { progressStream, type Reporter } from "./progress.ts";
 import { checkStored } from "./verify.ts";
 
@@ -83,6 +84,14 @@ export interface RestoreResult {
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const plan = await planRestore(opts);
+  const snapshots = snapshotCount(plan.manifest);
+  if (snapshots && snapshots > 1) {
+    opts.reporter.event({
+      type: "warning",
+      message:
+        `backup ${plan.setId} was resumed: its data spans ${snapshots} snapshots, so tables dumped after the interruption come from a later moment than the others`,
+    });
+  }
   if (opts.dryRun) return { plan, status: "dry-run", parts: [] };
   await verifyBeforeRestore(opts, plan);
   const destructive = plan.databases.filter((d) =>

@@ -10,6 +10,7 @@ import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import { type FileRecord, type Manifest, manifestFiles } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 import { mapPool } from "./_pool.ts";
+import { snapshotCount } from "./list.ts";
 import type { Reporter } from "./progress.ts";
 
 export interface FileCheck {
@@ -23,6 +24,8 @@ export interface VerifyReport {
   status: Manifest["status"];
   deep: boolean;
   ok: boolean;
+  /** Native engine: snapshots the data spans (more than 1 after a resumed backup). */
+  snapshots?: number;
   files: FileCheck[];
 }
 
@@ -68,6 +71,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
     status: manifest.status,
     deep: opts.deep,
     ok: checks.every((c) => c.ok),
+    snapshots: snapshotCount(manifest),
     files: checks,
   };
 }
