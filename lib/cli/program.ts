@@ -3,6 +3,7 @@ import { Command, CommanderError, Option } from "@commander-js/extra-typings";
 import { DbBackupError, ExitCode, InterruptedError, UsageError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { backupCommand } from "./cmd_backup.ts";
+import { exportSqlCommand } from "./cmd_export_sql.ts";
 import { listCommand } from "./cmd_list.ts";
 import { restoreCommand } from "./cmd_restore.ts";
 import { statusCommand } from "./cmd_status.ts";
@@ -61,6 +62,7 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
   program.addCommand(restoreCommand(cli, setExit));
   program.addCommand(listCommand(cli));
   program.addCommand(verifyCommand(cli, setExit));
+  program.addCommand(exportSqlCommand(cli));
   // Subcommands added with addCommand do not inherit these settings: apply them to all.
   const apply = (cmd: Command<unknown[], Record<string, unknown>, Record<string, unknown>>) => {
     cmd.exitOverride();

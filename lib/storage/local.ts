@@ -79,16 +79,16 @@ export class LocalStorage implements Storage {
     }
     let published = false;
     try {
-      // pipeTo closes the file when the stream ends; keep our own handle for fsync.
-      const writer = file.writable.getWriter();
+      // Plain awaited writes, not file.writable: its write promises can settle before the
+      // bytes reach the file, and fsync must come after all of them.
       try {
         for await (const chunk of data) {
           if (options.signal?.aborted) throw options.signal.reason;
-          await writer.write(chunk);
+          for (let at = 0; at < chunk.byteLength;) at += await file.write(chunk.subarray(at));
         }
         await file.sync();
       } finally {
-        await writer.close().catch(() => {});
+        file.close();
       }
       await options.ready;
       try {

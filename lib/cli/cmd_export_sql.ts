@@ -1,0 +1,54 @@
+import { Command } from "@commander-js/extra-typings";
+import { DbBackupError } from "../errors.ts";
+import { exportSql } from "../ops/export_sql.ts";
+import { type CliEnv, type GlobalOptions, makeContext } from "./context.ts";
+
+export function exportSqlCommand(cli: CliEnv) {
+  return new Command("export-sql")
+    .description("write one database of a backup set as a plain SQL script for psql")
+    .argument("<backup>", 'backup set id, a unique prefix of one, or "latest"')
+    .option("--database <name>", "which database of the set (needed when it holds several)")
+    .option("-o, --output <file>", "write to this new file (0600) instead of stdout")
+    .action(async (ref, opts, cmd) => {
+      const ctx = await makeContext(cmd.optsWithGlobals() as GlobalOptions, {}, cli);
+      let file: Deno.FsFile | undefined;
+      if (opts.output) {
+        try {
+          file = await Deno.open(opts.output, { write: true, createNew: true, mode: 0o600 });
+        } catch (err) {
+          throw new DbBackupError(
+            err instanceof Deno.errors.AlreadyExists ? "exists" : "io",
+            `cannot create ${opts.output}: ${
+              err instanceof Deno.errors.AlreadyExists ? "it already exists" : String(err)
+            }`,
+          );
+        }
+      }
+      // Our own sink for the file: every write is awaited, so fsync and close see all of it.
+      const sink = file;
+      const output = sink
+        ? new WritableStream<Uint8Array>({
+          async write(chunk) {
+            for (let at = 0; at < chunk.byteLength;) at += await sink.write(chunk.subarray(at));
+          },
+        })
+        : Deno.stdout.writable;
+      try {
+        await exportSql({
+          repo: ctx.repo,
+          ref,
+          database: opts.database,
+          output,
+          pgBin: ctx.settings.pgBin?.value,
+          signal: ctx.signal,
+        });
+        if (file) await file.sync();
+      } catch (err) {
+        // A script that stops halfway must not look usable.
+        if (opts.output) await Deno.remove(opts.output).catch(() => {});
+        throw err;
+      } finally {
+        file?.close();
+      }
+    });
+}

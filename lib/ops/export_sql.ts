@@ -1,0 +1,125 @@
+/**
+ * `export-sql`: one database of a set as a plain SQL script that psql alone can restore, so no
+ * backup ever locks anyone in. Files are verified as they stream; nothing is decompressed to
+ * disk.
+ */
+import { DbBackupError } from "../errors.ts";
+import { spawn } from "../process/run.ts";
+import { quoteIdent } from "../engine/pg/connect.ts";
+import { findTool, type PgTool } from "../engine/pg/tools.ts";
+import type { DatabaseRecord, FileRecord } from "../repo/manifest.ts";
+import type { Repository } from "../repo/repository.ts";
+
+export interface ExportSqlOptions {
+  repo: Repository;
+  ref: string;
+  /** Which database of the set; default: the only one. */
+  database?: string;
+  /** Receives the script; it is not closed. */
+  output: WritableStream<Uint8Array>;
+  pgBin?: string;
+  signal?: AbortSignal;
+}
+
+export interface ExportSqlResult {
+  setId: string;
+  database: string;
+  engine: string;
+}
+
+export async function exportSql(opts: ExportSqlOptions): Promise<ExportSqlResult> {
+  const setId = await opts.repo.resolveId(opts.ref);
+  const manifest = await opts.repo.readManifest(setId);
+  const names = manifest.databases.map((d) => d.name);
+  const name = opts.database ?? (names.length === 1 ? names[0] : undefined);
+  if (name === undefined) {
+    throw new DbBackupError(
+      "usage",
+      `cannot export backup ${setId}: it holds ${names.length} databases (${
+        names.map((n) => `"${n}"`).join(", ")
+      }); choose one with --database`,
+    );
+  }
+  const db = manifest.databases.find((d) => d.name === name);
+  if (!db) throw new DbBackupError("not_found", `backup ${setId} has no database "${name}"`);
+  if (db.status !== "ok") {
+    throw new DbBackupError("refused", `database "${name}" failed at backup time: ${db.error}`);
+  }
+  const pgRestore = await findTool(
+    "pg_restore",
+    Math.floor(manifest.server.versionNum / 10000),
+    opts.pgBin,
+  );
+  const writer = opts.output.getWriter();
+  const text = (s: string) => writer.write(new TextEncoder().encode(s));
+  try {
+    await text(
+      `-- dbbackup export-sql of database "${name}" from backup ${setId} (${manifest.engine} engine)\n`,
+    );
+    if (manifest.engine === "native") await exportNative(opts, setId, db, pgRestore, writer, text);
+    else {
+      const archive = fileOf(db, db.files.find((f) => f.content === "pg_dump-custom")?.path);
+      await archiveToSql(opts, setId, archive, pgRestore, writer);
+    }
+  } finally {
+    writer.releaseLock();
+  }
+  return { setId, database: name, engine: manifest.engine };
+}
+
+async function exportNative(
+  opts: ExportSqlOptions,
+  setId: string,
+  db: DatabaseRecord,
+  pgRestore: PgTool,
+  writer: WritableStreamDefaultWriter<Uint8Array>,
+  text: (s: string) => Promise<void>,
+): Promise<void> {
+  const layout = db.native!;
+  const schema = fileOf(db, layout.schemaPath);
+  await archiveToSql(opts, setId, schema, pgRestore, writer, "pre-data");
+  for (const t of layout.tables) {
+    const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+    const cols = t.columns.length ? ` (${t.columns.join(", ")})` : "";
+    for (const c of t.chunks) {
+      await text(`\nCOPY ${qualified}${cols} FROM stdin;\n`);
+      const data = await opts.repo.openFile(setId, fileOf(db, c.path));
+      for await (const chunk of data) await writer.write(chunk);
+      await text("\\.\n");
+    }
+  }
+  await archiveToSql(opts, setId, schema, pgRestore, writer, "data");
+  await archiveToSql(opts, setId, schema, pgRestore, writer, "post-data");
+}
+
+/** pg_restore --file=- turns (a section of) a custom archive into SQL text. */
+async function archiveToSql(
+  opts: ExportSqlOptions,
+  setId: string,
+  file: FileRecord,
+  pgRestore: PgTool,
+  writer: WritableStreamDefaultWriter<Uint8Array>,
+  section?: "pre-data" | "data" | "post-data",
+): Promise<void> {
+  const child = spawn(pgRestore.path, [
+    "--file=-",
+    ...(section ? [`--section=${section}`] : []),
+  ], {
+    describe: `pg_restore --file=- of ${setId}/${file.path}`,
+    stdin: "piped",
+    signal: opts.signal,
+  });
+  const input = (await opts.repo.openFile(setId, file)).pipeTo(child.stdin);
+  const output = (async () => {
+    for await (const chunk of child.stdout) await writer.write(chunk);
+  })();
+  await Promise.all([input, output, child.status]);
+}
+
+function fileOf(db: DatabaseRecord, path: string | undefined): FileRecord {
+  const f = db.files.find((x) => x.path === path);
+  if (!f) {
+    throw new DbBackupError("verification", `manifest of "${db.name}" lists no file ${path}`);
+  }
+  return f;
+}

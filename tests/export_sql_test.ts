@@ -1,0 +1,55 @@
+import { strict as assert } from "node:assert";
+import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
+import { dbbackup, loadAwkward, pgEnv, tempRepo } from "./helpers/cli.ts";
+import { withTwoPg } from "./helpers/pg_server.ts";
+
+Deno.test("export-sql writes a script that psql alone restores identically, for both engines", async (t) => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await loadAwkward(a, "shop");
+      await b.psql(await Deno.readTextFile(new URL("fixtures/roles.sql", import.meta.url)));
+      const before = await snapshotDatabase(a, "shop");
+      for (const engine of ["pg_dump", "native"]) {
+        await t.step(engine, async () => {
+          const r = await dbbackup(
+            [
+              "--repo",
+              repo,
+              "--json",
+              "backup",
+              "single",
+              "shop",
+              "--engine",
+              engine,
+              "--chunk-size",
+              "16k",
+            ],
+            { env: pgEnv(a) },
+          );
+          assert.equal(r.code, 0, r.stderr);
+          const id = JSON.parse(r.stdout.trim().split("\n").at(-1)!).setId;
+          const script = `${repo}/${engine}.sql`;
+          const e = await dbbackup(["--repo", repo, "export-sql", id, "--output", script]);
+          assert.equal(e.code, 0, e.stderr);
+          assert.equal((await Deno.stat(script)).mode! & 0o777, 0o600);
+          const target = `shop_from_${engine}`;
+          await b.createDatabase(target);
+          await b.psql(await Deno.readTextFile(script), { db: target });
+          assertSameSnapshot(
+            await snapshotDatabase(b, target),
+            before,
+            `psql restore of ${engine}`,
+          );
+
+          const again = await dbbackup(["--repo", repo, "export-sql", id, "--output", script]);
+          assert.equal(again.code, 1);
+          assert.match(again.stderr, /already exists/);
+          assert.ok((await Deno.stat(script)).size > 0, "the existing script is untouched");
+        });
+      }
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
