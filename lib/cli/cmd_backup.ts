@@ -2,6 +2,8 @@ import { Command, Option } from "@commander-js/extra-typings";
 import { ExitCode, UsageError } from "../errors.ts";
 import { DEFAULT_CHUNK_BYTES } from "../engine/pg/native_dump.ts";
 import { parseSize } from "../plan/chunks.ts";
+import type { Setting } from "../config/settings.ts";
+import type { Compression } from "../pipeline/compress.ts";
 import { backup, type BackupResult } from "../ops/backup.ts";
 import { ensureLocalRoot } from "../storage/local.ts";
 import { type CliEnv, type GlobalOptions, initTarget, makeContext } from "./context.ts";
@@ -17,6 +19,15 @@ const chunkOption = () =>
   new Option("--chunk-size <size>", "native: split tables larger than this (e.g. 256MB)");
 const resumeOption = () =>
   new Option("--resume", "native: continue the newest incomplete set of the same target");
+
+/**
+ * zstd:3 by default; the native engine defaults to zstd:1, about twice as fast and still
+ * smaller than pg_dump -Fc's gzip output. An explicit --compression always wins.
+ */
+function compressionFor(setting: Setting<Compression>, engine: string): Compression {
+  if (setting.source === "default" && engine === "native") return { algorithm: "zstd", level: 1 };
+  return setting.value;
+}
 
 function chunkBytes(text: string | undefined): number {
   if (text === undefined) return DEFAULT_CHUNK_BYTES;
@@ -51,7 +62,7 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         includes: [],
         excludes: [],
         jobs: ctx.settings.jobs.value,
-        compression: ctx.settings.compression.value,
+        compression: compressionFor(ctx.settings.compression, opts.engine),
         pgBin: ctx.settings.pgBin?.value,
         engine: opts.engine,
         chunkBytes: chunkBytes(opts.chunkSize),
@@ -87,7 +98,7 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
         includes: opts.include,
         excludes: opts.exclude,
         jobs: ctx.settings.jobs.value,
-        compression: ctx.settings.compression.value,
+        compression: compressionFor(ctx.settings.compression, opts.engine),
         pgBin: ctx.settings.pgBin?.value,
         engine: opts.engine,
         chunkBytes: chunkBytes(opts.chunkSize),

@@ -73,6 +73,55 @@ export function decompressStream(
   }
 }
 
-function toWeb(d: Duplex): TransformStream<Uint8Array, Uint8Array> {
-  return Duplex.toWeb(d) as unknown as TransformStream<Uint8Array, Uint8Array>;
+/**
+ * A node:zlib stream as a web stream pair with backpressure both ways. (Duplex.toWeb does not
+ * wait for the compressor: a fast producer made it buffer the whole input in memory.)
+ */
+function toWeb(z: Duplex): TransformStream<Uint8Array, Uint8Array> {
+  let failed: Error | undefined;
+  const readable = new ReadableStream<Uint8Array>({
+    start(controller) {
+      z.on("data", (data: Uint8Array) => {
+        controller.enqueue(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+        if ((controller.desiredSize ?? 1) <= 0) z.pause();
+      });
+      z.once("end", () => controller.close());
+      z.once("error", (err: Error) => {
+        failed = err;
+        controller.error(err);
+      });
+    },
+    pull() {
+      z.resume();
+    },
+    cancel(reason) {
+      z.destroy(reason instanceof Error ? reason : new Error(String(reason)));
+    },
+  }, { highWaterMark: 4 });
+  const writable = new WritableStream<Uint8Array>({
+    write(chunk) {
+      return new Promise<void>((resolve, reject) => {
+        if (failed) return reject(failed);
+        const onError = (err: Error) => reject(err);
+        z.once("error", onError);
+        const done = () => {
+          z.off("error", onError);
+          resolve();
+        };
+        if (z.write(chunk)) done();
+        else z.once("drain", done);
+      });
+    },
+    close() {
+      return new Promise<void>((resolve, reject) => {
+        if (failed) return reject(failed);
+        z.once("error", reject);
+        z.end(() => resolve());
+      });
+    },
+    abort(reason) {
+      z.destroy(reason instanceof Error ? reason : new Error(String(reason)));
+    },
+  });
+  return { readable, writable } as TransformStream<Uint8Array, Uint8Array>;
 }

@@ -1,0 +1,280 @@
+/**
+ * Benchmark: dbbackup against pg_dump/pg_restore on the same data, in one run.
+ *
+ *   deno run -A scripts/bench.ts [--scale N] [--jobs N] [--keep]
+ *
+ * Builds a dataset on a throwaway server (pgbench at --scale, a wide text/jsonb table, a
+ * table of 64 KB-1 MB bytea values, a few hundred small tables), then backs it up with
+ * `pg_dump -Fc`, `pg_dump -Fd -j N`, dbbackup --engine pg_dump and dbbackup --engine native,
+ * restores each into a fresh database, checks each restore's row counts, and prints wall
+ * time, CPU time (user+sys of the tool and its children, not the server), peak RSS (the
+ * largest process of the tool's tree, from GNU time) and output size, with ratios to the
+ * pg_dump figures of the same run. Scale 100 gives about 2.3 GB of raw data.
+ */
+import { run } from "../lib/process/run.ts";
+import { startPg } from "../tests/helpers/pg_server.ts";
+
+const args = parseArgs(Deno.args);
+const scale = Number(args.scale ?? "10");
+const jobs = Number(args.jobs ?? "2");
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+interface Measure {
+  wall: number;
+  cpu: number;
+  rssMb: number;
+}
+
+const pg = await startPg();
+const work = await Deno.makeTempDir({ prefix: "dbbackup-bench-" });
+await Deno.chown(work, 0, 0).catch(() => {});
+try {
+  const bin = pg.binDir;
+  const env = pg.env();
+  const clientEnv = { ...env, PGPASSFILE: "/dev/null" };
+  log(`PostgreSQL ${pg.version}, scale ${scale}, jobs ${jobs}, ${Deno.build.target}`);
+
+  log("building the dataset ...");
+  await pg.createDatabase("bench");
+  await run(`${bin}/pgbench`, ["-i", "-q", "-s", String(scale), "bench"], {
+    describe: "pgbench -i",
+    env,
+    clearEnv: true,
+  });
+  const n = scale * 10000;
+  await pg.psql(
+    `
+    CREATE TABLE wide (id bigint PRIMARY KEY, title text, body text, doc jsonb, tags text[]);
+    INSERT INTO wide
+      SELECT g, 'title ' || g, repeat(md5(g::text) || ' lorem ipsum dolor sit amet ', 12),
+             jsonb_build_object('id', g, 'name', 'item ' || g, 'price', (g % 1000) / 10.0,
+                                'attrs', jsonb_build_object('color', g % 7, 'size', g % 13)),
+             ARRAY['t' || (g % 10), 't' || (g % 100)]
+        FROM generate_series(1, ${n}) g;
+    CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
+    INSERT INTO blobs
+      SELECT g, decode(string_agg(md5(g::text || ':' || k::text), ''), 'hex')
+        FROM generate_series(1, ${Math.max(10, Math.round(scale * 4))}) g,
+             generate_series(1, 4096 + (g * 7919) % 61440) k
+       GROUP BY g;
+    DO $$ BEGIN
+      FOR i IN 1..300 LOOP
+        EXECUTE format('CREATE TABLE small_%s (id int PRIMARY KEY, v text)', i);
+        EXECUTE format('INSERT INTO small_%s SELECT g, md5(g::text) FROM generate_series(1, 50) g', i);
+      END LOOP;
+    END $$;
+    VACUUM ANALYZE;`,
+    { db: "bench" },
+  );
+  const raw = Number(
+    (await pg.psql("SELECT pg_database_size('bench')", { db: "bench" })).trim(),
+  );
+  const counts = await rowCounts("bench");
+  log(`dataset: ${(raw / 1e9).toFixed(2)} GB on disk, ${counts.size} tables`);
+
+  const results: { name: string; backup: Measure; size: number; restore: Measure }[] = [];
+  const time = async (name: string, cmd: string, argv: string[], e = clientEnv) => {
+    const out = await run("/usr/bin/time", ["-f", "BENCH %e %U %S %M", cmd, ...argv], {
+      describe: name,
+      env: e,
+      clearEnv: true,
+    });
+    const m = out.stderr.match(/BENCH ([\d.]+) ([\d.]+) ([\d.]+) (\d+)/);
+    if (!m) throw new Error(`${name}: no timing in ${out.stderr.slice(-500)}`);
+    return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), rssMb: Number(m[4]) / 1024 };
+  };
+  const fresh = async (db: string) => {
+    await pg.psql(`DROP DATABASE IF EXISTS ${db}`);
+    await pg.createDatabase(db);
+  };
+  const check = async (db: string, what: string) => {
+    const got = await rowCounts(db);
+    for (const [t, c] of counts) {
+      if (got.get(t) !== c) {
+        throw new Error(`${what}: table ${t} has ${got.get(t)} rows, expected ${c}`);
+      }
+    }
+  };
+  const dbb = (extra: string[]) => [
+    "run",
+    "-A",
+    MAIN,
+    "--repo",
+    `${work}/repo`,
+    "-j",
+    String(jobs),
+    "--quiet",
+    ...extra,
+  ];
+
+  log("pg_dump -Fc ...");
+  const fc = await time("pg_dump -Fc", `${bin}/pg_dump`, [
+    "-Fc",
+    "-f",
+    `${work}/bench.dump`,
+    "bench",
+  ]);
+  await fresh("r_fc");
+  const fcRestore = await time("pg_restore -j", `${bin}/pg_restore`, [
+    `-j${jobs}`,
+    "-d",
+    "r_fc",
+    `${work}/bench.dump`,
+  ]);
+  await check("r_fc", "pg_restore of -Fc");
+  results.push({
+    name: "pg_dump -Fc",
+    backup: fc,
+    size: await size(`${work}/bench.dump`),
+    restore: fcRestore,
+  });
+
+  log(`pg_dump -Fd -j${jobs} ...`);
+  const fd = await time("pg_dump -Fd", `${bin}/pg_dump`, [
+    "-Fd",
+    `-j${jobs}`,
+    "-f",
+    `${work}/bench.dir`,
+    "bench",
+  ]);
+  await fresh("r_fd");
+  const fdRestore = await time("pg_restore -Fd", `${bin}/pg_restore`, [
+    `-j${jobs}`,
+    "-d",
+    "r_fd",
+    `${work}/bench.dir`,
+  ]);
+  await check("r_fd", "pg_restore of -Fd");
+  results.push({
+    name: `pg_dump -Fd -j${jobs}`,
+    backup: fd,
+    size: await size(`${work}/bench.dir`),
+    restore: fdRestore,
+  });
+
+  for (const engine of ["pg_dump", "native"]) {
+    log(`dbbackup --engine ${engine} ...`);
+    const before = new Set(await listDir(`${work}/repo`));
+    const b = await time(
+      `dbbackup ${engine}`,
+      Deno.execPath(),
+      dbb(["backup", "single", "bench", "--engine", engine]),
+    );
+    const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x))!;
+    const db = `r_${engine}`;
+    const r = await time(
+      `dbbackup restore ${engine}`,
+      Deno.execPath(),
+      dbb([
+        "restore",
+        "single",
+        id,
+        "--target",
+        db,
+        "--create",
+      ]),
+    );
+    await check(db, `dbbackup restore of ${engine}`);
+    results.push({
+      name: `dbbackup ${engine}`,
+      backup: b,
+      size: await size(`${work}/repo/${id}`),
+      restore: r,
+    });
+  }
+
+  const ref = results[0];
+  const refRestore = results[1].restore; // pg_restore -j from -Fd
+  const rows = [[
+    "tool",
+    "backup s",
+    "x -Fc",
+    "x -Fd",
+    "cpu s",
+    "rss MB",
+    "size MB",
+    "x -Fc",
+    "restore s",
+    "x pg_restore -Fd",
+    "rss MB",
+  ]];
+  for (const r of results) {
+    rows.push([
+      r.name,
+      r.backup.wall.toFixed(1),
+      (r.backup.wall / ref.backup.wall).toFixed(2),
+      (r.backup.wall / results[1].backup.wall).toFixed(2),
+      r.backup.cpu.toFixed(1),
+      r.backup.rssMb.toFixed(0),
+      (r.size / 1e6).toFixed(0),
+      (r.size / ref.size).toFixed(2),
+      r.restore.wall.toFixed(1),
+      (r.restore.wall / refRestore.wall).toFixed(2),
+      r.restore.rssMb.toFixed(0),
+    ]);
+  }
+  console.log(
+    `\nscale ${scale}, ${
+      (raw / 1e9).toFixed(2)
+    } GB database, jobs ${jobs}, ${navigator.hardwareConcurrency} cores, PostgreSQL ${pg.version}\n`,
+  );
+  console.log(markdownTable(rows));
+} finally {
+  if (!args.keep) await Deno.remove(work, { recursive: true }).catch(() => {});
+  await pg.stop();
+}
+
+async function rowCounts(db: string): Promise<Map<string, number>> {
+  const out = await pg.psql(
+    `SELECT c.relname, (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', c.relname), false, true, '')))[1]::text
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'r' AND n.nspname = 'public'`,
+    { db },
+  );
+  const m = new Map<string, number>();
+  for (const line of out.trim().split("\n")) {
+    const [t, c] = line.split("|");
+    m.set(t, Number(c));
+  }
+  return m;
+}
+
+async function size(path: string): Promise<number> {
+  const st = await Deno.stat(path);
+  if (st.isFile) return st.size;
+  let total = 0;
+  for await (const e of Deno.readDir(path)) total += await size(`${path}/${e.name}`);
+  return total;
+}
+
+async function listDir(path: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(path)) out.push(e.name);
+  } catch {
+    // not there yet
+  }
+  return out;
+}
+
+function markdownTable(rows: string[][]): string {
+  const line = (r: string[]) => `| ${r.join(" | ")} |`;
+  return [line(rows[0]), line(rows[0].map(() => "---")), ...rows.slice(1).map(line)].join("\n");
+}
+
+function log(text: string): void {
+  console.error(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
+}
+
+function parseArgs(argv: string[]): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) continue;
+    const [k, v] = a.slice(2).split("=");
+    if (v !== undefined) out[k] = v;
+    else if (argv[i + 1] && !argv[i + 1].startsWith("--")) out[k] = argv[++i];
+    else out[k] = "true";
+  }
+  return out;
+}
