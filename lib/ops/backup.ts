@@ -4,7 +4,7 @@
  * engine (pg_dump, or the native COPY engine), publish the manifest last.
  */
 import { DbBackupError, errorMessage, InterruptedError } from "../errors.ts";
-import type { Compression } from "../pipeline/compress.ts";
+import { type Compression, compressionSuffix } from "../pipeline/compress.ts";
 import {
   type DatabaseInfo,
   listDatabases,
@@ -117,9 +117,13 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
 async function claimSet(opts: BackupOptions, plan: BackupPlan): Promise<SetWriter> {
   const name = label(opts, plan);
   if (opts.resume) {
-    const suffix = `-${opts.kind}-${slug(name)}`;
+    // `<time>-<kind>-<label>`, with `-<n>` when two sets were claimed in the same second. The
+    // label itself may end in digits ("local-123456", "shop-2"): it must match as a whole.
+    const pattern = new RegExp(
+      `^\\d{8}T\\d{6}Z-${opts.kind}-${slug(name).replaceAll(".", "\\.")}(-\\d+)?$`,
+    );
     const candidates = (await opts.repo.listSets()).filter((s) =>
-      s.status === "incomplete" && s.id.replace(/-\d+$/, "").endsWith(suffix)
+      s.status === "incomplete" && pattern.test(s.id)
     );
     const last = candidates.at(-1);
     if (last) {
@@ -226,6 +230,10 @@ async function dumpGlobals(
   const started = performance.now();
   opts.reporter.event({ type: "step", part: "globals", message: "dumping roles and tablespaces" });
   try {
+    // A resumed set holds the globals of the interrupted run: they are dumped again.
+    if (opts.resume) {
+      await set.removeFile(`globals.sql${compressionSuffix(opts.compression.algorithm)}`);
+    }
     const child = startGlobalsDump(tool, opts.target, opts.signal);
     const file = await writeChildOutput(
       opts,

@@ -4,7 +4,7 @@
  * disk.
  */
 import { DbBackupError } from "../errors.ts";
-import { spawn } from "../process/run.ts";
+import { feedChild, spawn } from "../process/run.ts";
 import { quoteIdent } from "../engine/pg/connect.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord } from "../repo/manifest.ts";
@@ -109,7 +109,7 @@ async function archiveToSql(
     stdin: "piped",
     signal: opts.signal,
   });
-  const input = (await opts.repo.openFile(setId, file)).pipeTo(child.stdin);
+  const input = feedChild(child, await opts.repo.openFile(setId, file));
   const output = (async () => {
     for await (const chunk of child.stdout) await writer.write(chunk);
   })();

@@ -5,7 +5,7 @@
  */
 import { DbBackupError, errorMessage } from "../errors.ts";
 import { ChecksumStream } from "../pipeline/checksum.ts";
-import { spawn } from "../process/run.ts";
+import { feedChild, spawn } from "../process/run.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import { type FileRecord, type Manifest, manifestFiles } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
@@ -129,7 +129,7 @@ async function deepCheck(
       });
       // pg_restore --list stops reading after the table of contents; the rest of the data
       // is still read to the end so both checksums are checked.
-      await Promise.all([feedThenDrain(data, child.stdin), child.status, reading]);
+      await Promise.all([feedChild(child, data), child.status, reading]);
       if (!header) {
         throw new DbBackupError(
           "verification",
@@ -143,22 +143,4 @@ async function deepCheck(
   } catch (err) {
     return { path: file.path, ok: false, problem: errorMessage(err) };
   }
-}
-
-/** Writes `data` to `sink` while it accepts; then reads the rest of `data` to its end. */
-async function feedThenDrain(
-  data: ReadableStream<Uint8Array>,
-  sink: WritableStream<Uint8Array>,
-): Promise<void> {
-  const writer = sink.getWriter();
-  let open = true;
-  for await (const chunk of data) {
-    if (!open) continue;
-    try {
-      await writer.write(chunk);
-    } catch {
-      open = false;
-    }
-  }
-  if (open) await writer.close().catch(() => {});
 }

@@ -1,6 +1,6 @@
 /** Compression and decompression as web TransformStreams (node:zlib underneath). */
 import zlib from "node:zlib";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import { UsageError } from "../errors.ts";
 
 export type CompressionAlgorithm = "zstd" | "gzip" | "none";

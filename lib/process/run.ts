@@ -197,3 +197,32 @@ function lastLines(text: string, n: number): string {
   const lines = text.split("\n");
   return lines.slice(-n).join("\n");
 }
+
+/**
+ * Writes `input` to the child's stdin while the child reads it; once the child stops reading
+ * (it exited, or needed only the start, like `pg_restore --list`), the rest of `input` is
+ * still read to its end, so checks that run at the end of `input` (checksums) always run.
+ * Rejects with `input`'s own error; a failing input kills the child first, so it cannot
+ * finish with what it got.
+ */
+export async function feedChild(
+  child: ChildHandle,
+  input: ReadableStream<Uint8Array>,
+): Promise<void> {
+  const writer = child.stdin.getWriter();
+  let open = true;
+  try {
+    for await (const chunk of input) {
+      if (!open) continue;
+      try {
+        await writer.write(chunk);
+      } catch {
+        open = false; // the child closed its stdin; its exit status tells why
+      }
+    }
+  } catch (err) {
+    child.kill("SIGKILL");
+    throw err;
+  }
+  if (open) await writer.close().catch(() => {});
+}

@@ -269,6 +269,11 @@ export class SetWriter {
     return (await sum.digest).sha256 === file.sha256;
   }
 
+  /** Drops one progress record (a resumed backup redoing the file it described). */
+  async removeState(name: string): Promise<void> {
+    await this.storage.remove(`${this.id}/${STATE_DIR}/${name}.json`);
+  }
+
   /** Removes a published file (a resumed backup replacing one that no longer verifies). */
   async removeFile(path: string): Promise<void> {
     await this.storage.remove(`${this.id}/${path}`);

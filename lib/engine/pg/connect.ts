@@ -81,8 +81,11 @@ export class PgTarget {
     return typed;
   }
 
-  /** A small pool to `database`; always `await sql.end()` when done. */
-  connect(database: string, max = 2): Sql {
+  /**
+   * A small pool to `database`; always `await sql.end()` when done. `onclose` is called
+   * whenever one of its connections closes, also when the server ended it.
+   */
+  connect(database: string, max = 2, onclose?: () => void): Sql {
     const s = this.settings;
     return postgres({
       host: s.host.value,
@@ -96,6 +99,7 @@ export class PgTarget {
       idle_timeout: 30,
       prepare: false,
       onnotice: () => {},
+      onclose,
       // Text COPY output depends on these: pin them so data reads back the same anywhere.
       // A long backup transaction must not be ended by a server-side idle timeout.
       connection: {

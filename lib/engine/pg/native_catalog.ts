@@ -11,7 +11,9 @@ export interface DataTable {
   columns: string[];
   /** Column types, for the fingerprint. */
   types: string[];
+  /** pg_table_size: the heap with its TOAST data. */
   bytes: number;
+  /** Heap pages, the unit of chunk ranges. */
   pages: number;
 }
 
@@ -36,6 +38,7 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
     columns: string[];
     types: string[];
     bytes: string;
+    heap: string;
     block_size: number;
   }[]>(`
     SELECT n.nspname AS schema, c.relname AS name,
@@ -47,7 +50,8 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
            ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                     AND a.attgenerated = '' ORDER BY a.attnum) AS types,
-           CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::text AS bytes,
+           CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE 0 END::text AS bytes,
+           CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::text AS heap,
            current_setting('block_size')::int AS block_size
       FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -67,6 +71,7 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
       continue;
     }
     const bytes = Number(r.bytes);
+    const heap = Number(r.heap);
     tables.push({
       schema: r.schema,
       name: r.name,
@@ -74,7 +79,7 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
       columns: r.columns,
       types: r.types,
       bytes,
-      pages: Math.ceil(bytes / r.block_size),
+      pages: Math.ceil(heap / r.block_size),
     });
   }
   return { tables, skipped };

@@ -6,9 +6,8 @@
  * table keeps every worker busy. Each chunk is its own file, compressed and checksummed while
  * written, and recorded in a state record so an interrupted backup can be resumed.
  */
-import type postgres from "postgres";
 import { DbBackupError, errorMessage, InterruptedError } from "../../errors.ts";
-import type { Compression } from "../../pipeline/compress.ts";
+import { type Compression, compressionSuffix } from "../../pipeline/compress.ts";
 import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.ts";
 import type { SetWriter } from "../../repo/repository.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
@@ -25,6 +24,8 @@ import { startDatabaseDump } from "./pg_dump.ts";
 import type { PgTool } from "./tools.ts";
 
 export const DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024;
+/** Tables smaller than this (or than the chunk size) are left to pg_dump's archive. */
+export const SMALL_TABLE_BYTES = 4 * 1024 * 1024;
 /** How often one chunk is tried before the database counts as failed. */
 const CHUNK_ATTEMPTS = 3;
 
@@ -58,6 +59,8 @@ export interface NativeDumpResult {
 
 /** The plan of one database, written before any data so a resumed run follows it. */
 interface PlanState {
+  /** The database the plan is for (absent in plans of older versions). */
+  database?: string;
   fingerprint: string;
   tables: (Omit<TableRecord, "chunks"> & { ranges: PageRange[] })[];
   skipped: { table: string; reason: string }[];
@@ -79,7 +82,8 @@ interface ChunkJob {
 }
 
 export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDumpResult> {
-  const sql = o.target.connect(o.database, o.jobs + 1);
+  // The leader's connection; every chunk gets a connection of its own (see dumpChunks).
+  const sql = o.target.connect(o.database, 1);
   // Our own abort: the first failure stops the other workers and pg_dump.
   const stop = new AbortController();
   const onOuterAbort = () => stop.abort(o.signal?.reason);
@@ -99,7 +103,7 @@ export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDu
       const progress = new ByteProgress(o.reporter, o.part);
 
       const schemaTask = dumpSchema(o, plan, snapshot, states, stop.signal);
-      const chunkTask = dumpChunks(o, sql, plan, snapshot, states, progress, stop.signal);
+      const chunkTask = dumpChunks(o, plan, snapshot, states, progress, stop.signal);
       const settled = await Promise.allSettled([schemaTask, chunkTask]);
       const failure = settled.find((s) => s.status === "rejected");
       if (failure) {
@@ -146,6 +150,13 @@ async function loadOrMakePlan(
   if (o.resume) {
     const previous = (await o.set.readStates(planName)).get(planName) as PlanState | undefined;
     if (previous) {
+      // Another database's set (a similar name, or a cluster whose list of databases changed).
+      if (previous.database !== undefined && previous.database !== o.database) {
+        throw new DbBackupError(
+          "refused",
+          `cannot resume backup ${o.set.id} with "${o.database}": its ${o.prefix} is "${previous.database}"; start a new backup`,
+        );
+      }
       if (previous.fingerprint !== fingerprint) {
         throw new DbBackupError(
           "refused",
@@ -156,10 +167,15 @@ async function loadOrMakePlan(
     }
   }
   const canSplit = o.serverMajor >= 14; // TID range scans make page ranges cheap
+  // Small tables stay in pg_dump's archive (same snapshot): a connection per table would cost
+  // more than their rows.
+  const small = Math.min(o.chunkBytes, SMALL_TABLE_BYTES);
+  const native = tables.filter((t) => t.bytes >= small);
   const plan: PlanState = {
+    database: o.database,
     fingerprint,
     skipped,
-    tables: tables.map((t) => ({
+    tables: native.map((t) => ({
       schema: t.schema,
       name: t.name,
       columns: t.columns,
@@ -182,7 +198,7 @@ async function dumpSchema(
   const stateName = `${o.prefix}.schema`;
   const previous = states.get(stateName) as FileState | undefined;
   if (previous && await o.set.fileMatches(previous.file)) return previous;
-  if (previous) await o.set.removeFile(previous.file.path);
+  await clearLeftovers(o, stateName, `${o.prefix}-schema.pgdump`, previous);
   const excludes = plan.tables.map((t) =>
     `--exclude-table-data=${exactTablePattern(t.schema, t.name)}`
   );
@@ -218,7 +234,6 @@ interface ChunkState extends FileState {
 
 async function dumpChunks(
   o: NativeDumpOptions,
-  sql: Sql,
   plan: PlanState,
   snapshot: FileState["snapshot"],
   states: Map<string, unknown>,
@@ -236,7 +251,7 @@ async function dumpChunks(
         reused++;
         continue;
       }
-      if (previous) await o.set.removeFile(previous.file.path);
+      await clearLeftovers(o, chunkName(o.prefix, ti, ci), chunkFile(o.prefix, ti, ci), previous);
       const pages = (range.to ?? Math.max(range.from + 1, Math.ceil(t.bytes / 8192))) - range.from;
       todo.push({ table: ti, chunk: ci, range, bytes: pages * 8192, attempts: 0 });
     }
@@ -244,61 +259,73 @@ async function dumpChunks(
   const queue = largestFirst(todo);
   let failure: unknown;
 
-  const runOne = async (tx: postgres.TransactionSql, job: ChunkJob) => {
-    const t = plan.tables[job.table];
-    const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-    const cols = t.columns.join(", ");
-    const whole = job.range.from === 0 && job.range.to === null;
-    const query = whole
-      ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
-      : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
-        job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
-      }) TO STDOUT`;
-    const readable = await tx.unsafe(query).readable();
-    const rows = new RowCounter();
-    const file = await o.set.writeFile(
-      chunkName(o.prefix, job.table, job.chunk).replace(".", "-") + ".copy",
-      copyOutStream(readable).pipeThrough(rows).pipeThrough(progress.stream()),
-      { compression: o.compression, content: "copy-text", signal },
-    );
-    const state: ChunkState = {
-      file,
-      rows: rows.rows,
-      snapshot,
-      table: job.table,
-      chunk: job.chunk,
-      range: job.range,
-    };
-    await o.set.writeState(chunkName(o.prefix, job.table, job.chunk), state);
-    done.push(state);
-    o.onChunk?.(file.path);
+  // Every chunk is copied on a connection of its own that imports the snapshot and is closed
+  // afterwards. postgres.js 3.4.9 can leave a connection's socket paused after a COPY TO whose
+  // last rows filled its stream buffer (porsager/postgres#1016), so a second query on it never
+  // gets an answer; and a query sent on a connection the server closed (a terminated backend)
+  // crashes the process, while one sent through a pool silently runs outside the snapshot.
+  const copyOne = async (job: ChunkJob) => {
+    let lost = false;
+    const conn = o.target.connect(o.database, 1, () => lost = true);
+    try {
+      const tx = await conn.reserve();
+      const run = (text: string) => {
+        if (lost) throw new Error("the server closed the connection");
+        return tx.unsafe(text);
+      };
+      await run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+      await run(`SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`);
+      const t = plan.tables[job.table];
+      const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+      const cols = t.columns.join(", ");
+      const whole = job.range.from === 0 && job.range.to === null;
+      const query = whole
+        ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
+        : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
+          job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
+        }) TO STDOUT`;
+      const readable = await run(query).readable();
+      const rows = new RowCounter();
+      const file = await o.set.writeFile(
+        chunkFile(o.prefix, job.table, job.chunk),
+        copyOutStream(readable).pipeThrough(rows).pipeThrough(progress.stream()),
+        { compression: o.compression, content: "copy-text", signal },
+      );
+      const state: ChunkState = {
+        file,
+        rows: rows.rows,
+        snapshot,
+        table: job.table,
+        chunk: job.chunk,
+        range: job.range,
+      };
+      await o.set.writeState(chunkName(o.prefix, job.table, job.chunk), state);
+      done.push(state);
+      o.onChunk?.(file.path);
+    } finally {
+      // Nothing to commit: the transaction is read-only, closing the connection ends it.
+      await conn.end({ timeout: 0 }).catch(() => {});
+    }
   };
 
   const worker = async () => {
     while (queue.length > 0 && failure === undefined && !signal.aborted) {
-      let current: ChunkJob | undefined;
+      const job = queue.shift()!;
+      job.attempts++;
       try {
-        await sql.begin("ISOLATION LEVEL REPEATABLE READ, READ ONLY", async (tx) => {
-          await tx.unsafe(`SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`);
-          while (queue.length > 0 && failure === undefined && !signal.aborted) {
-            current = queue.shift()!;
-            current.attempts++;
-            await runOne(tx, current);
-            current = undefined;
-          }
-        });
+        await copyOne(job);
       } catch (err) {
         if (signal.aborted) return;
         // A chunk that failed (connection reset, backend killed) is tried again on a new
         // connection that imports the same snapshot, while the leader still holds it.
-        if (current && current.attempts < CHUNK_ATTEMPTS) {
+        if (job.attempts < CHUNK_ATTEMPTS) {
           o.reporter.event({
             type: "warning",
-            message: `retrying chunk ${current.chunk + 1} of table ${
-              plan.tables[current.table].schema
-            }.${plan.tables[current.table].name} (${errorMessage(err)})`,
+            message: `retrying chunk ${job.chunk + 1} of table ${plan.tables[job.table].schema}.${
+              plan.tables[job.table].name
+            } (${errorMessage(err)})`,
           });
-          queue.push(current);
+          queue.push(job);
           continue;
         }
         failure ??= err;
@@ -319,8 +346,9 @@ function assemble(
   reused: number,
 ): NativeDumpResult {
   const snapshots: FileState["snapshot"][] = [];
+  // Snapshot ids repeat after a server restart: the time tells two snapshots apart.
   const snapshotIndex = (s: FileState["snapshot"]) => {
-    let i = snapshots.findIndex((x) => x.id === s.id);
+    let i = snapshots.findIndex((x) => x.id === s.id && x.takenAt === s.takenAt);
     if (i < 0) i = snapshots.push(s) - 1;
     return i;
   };
@@ -357,6 +385,29 @@ function assemble(
 
 function chunkName(prefix: string, table: number, chunk: number): string {
   return `${prefix}.t${String(table + 1).padStart(5, "0")}-c${String(chunk + 1).padStart(4, "0")}`;
+}
+
+/** The file name of a chunk, before the compression suffix. */
+function chunkFile(prefix: string, table: number, chunk: number): string {
+  return chunkName(prefix, table, chunk).replace(".", "-") + ".copy";
+}
+
+/**
+ * Before a resumed run redoes a file, removes what the interrupted run left of it: a file that
+ * no longer matches its state record, and the record; or a file published just before the run
+ * was killed, when its record was not written yet. Either would stop the new file from being
+ * published ("refusing to overwrite").
+ */
+async function clearLeftovers(
+  o: NativeDumpOptions,
+  stateName: string,
+  fileName: string,
+  previous: FileState | undefined,
+): Promise<void> {
+  if (!o.resume) return;
+  if (previous) await o.set.removeFile(previous.file.path);
+  await o.set.removeFile(fileName + compressionSuffix(o.compression.algorithm));
+  await o.set.removeState(stateName);
 }
 
 /** Counts rows of COPY text data: every row ends with a newline, and data never has one. */

@@ -1,6 +1,6 @@
 /** pg_restore and psql as children fed from a verified, decompressing stream. */
 import { DbBackupError } from "../../errors.ts";
-import { type ChildHandle, spawn } from "../../process/run.ts";
+import { type ChildHandle, feedChild, spawn } from "../../process/run.ts";
 import { dbnameConninfo, type PgTarget } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
 
@@ -45,7 +45,7 @@ export async function restoreArchive(
       stdout: "null",
       signal: options.signal,
     });
-    await feedChild(child, input);
+    await feedAndWait(child, input);
     return;
   }
   const dir = await Deno.makeTempDir({ dir: options.tempDir, prefix: "dbbackup-restore-" });
@@ -103,7 +103,7 @@ export async function restoreGlobalsScript(
       for (const line of lines) if (/ERROR:/.test(line)) errors.push(line.trim());
     },
   });
-  await feedChild(child, input);
+  await feedAndWait(child, input);
   if (/ERROR:/.test(pending)) errors.push(pending.trim());
   const tolerated = errors.filter((e) => /ERROR:\s+42710:/.test(e));
   const fatal = errors.filter((e) => !/ERROR:\s+42710:/.test(e));
@@ -116,22 +116,9 @@ export async function restoreGlobalsScript(
   return tolerated;
 }
 
-/** Pipes `input` into the child's stdin and awaits both; a failing input kills the child. */
-async function feedChild(child: ChildHandle, input: ReadableStream<Uint8Array>): Promise<void> {
-  let inputError: unknown;
-  const feeding = input.pipeTo(child.stdin).catch((err) => {
-    inputError = err;
-    // Stop the child before it can commit what it has read so far.
-    child.kill("SIGKILL");
-  });
-  try {
-    await child.status;
-  } catch (err) {
-    await feeding;
-    // A checksum failure of the input explains more than the child's exit; a broken pipe
-    // (the child stopped reading because it failed) explains less.
-    throw inputError instanceof DbBackupError ? inputError : err;
-  }
-  await feeding;
-  if (inputError) throw inputError;
+/** Feeds the child and awaits it; the input's own error (a checksum) explains more. */
+async function feedAndWait(child: ChildHandle, input: ReadableStream<Uint8Array>): Promise<void> {
+  const [fed, exited] = await Promise.allSettled([feedChild(child, input), child.status]);
+  if (fed.status === "rejected") throw fed.reason;
+  if (exited.status === "rejected") throw exited.reason;
 }

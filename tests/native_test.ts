@@ -1,0 +1,813 @@
+/**
+ * The native engine under stress: consistency while another session writes; tables in many
+ * chunks and a damaged chunk; SIGKILL then --resume (single, cluster, after a server restart,
+ * next to a database of a similar name); a worker backend terminated mid-COPY; a resume refused
+ * because the tables changed. Plain round trips of the awkward dataset live in roundtrip_test.ts.
+ */
+import { strict as assert } from "node:assert";
+import postgres from "postgres";
+import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
+import {
+  type CliOptions,
+  type CliResult,
+  dbbackup,
+  pgEnv,
+  setDirs,
+  tempRepo,
+} from "./helpers/cli.ts";
+import { type PgServer, quoteLiteral, withPg, withTwoPg } from "./helpers/pg_server.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+interface ChunkRec {
+  path: string;
+  fromPage: number;
+  toPage: number | null;
+  rows: number;
+  snapshot: number;
+}
+interface TableRec {
+  schema: string;
+  name: string;
+  chunks: ChunkRec[];
+}
+interface FileRec {
+  path: string;
+  sha256: string;
+}
+interface ManifestShape {
+  id: string;
+  status: string;
+  engine: string;
+  databases: {
+    name: string;
+    status: string;
+    files: FileRec[];
+    native: { snapshots: { id: string; takenAt: string }[]; tables: TableRec[] };
+  }[];
+}
+
+/** How long one dbbackup run may take here before it counts as hung. */
+const RUN_LIMIT_MS = 45_000;
+
+/**
+ * `dbbackup args`, SIGKILLed and failed when it runs longer than RUN_LIMIT_MS: a hung backup
+ * must fail the test, not stall the suite.
+ */
+async function cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  let pid = 0;
+  let hung = false;
+  const timer = setTimeout(() => {
+    hung = true;
+    if (pid) Deno.kill(pid, "SIGKILL");
+  }, RUN_LIMIT_MS);
+  try {
+    const r = await dbbackup(args, {
+      ...options,
+      onStart: (p) => {
+        pid = p;
+        options.onStart?.(p);
+      },
+    });
+    if (hung) {
+      throw new Error(
+        `dbbackup ${args.join(" ")} did not finish in ${RUN_LIMIT_MS} ms:\n${r.stdout}${r.stderr}`,
+      );
+    }
+    return r;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function readManifest(repo: string, id: string): Promise<ManifestShape> {
+  return JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
+}
+
+/** One value from a query, trimmed. */
+async function q(pg: PgServer, sql: string, db?: string): Promise<string> {
+  return (await pg.psql(sql, { db })).trim();
+}
+
+async function databaseExists(pg: PgServer, db: string): Promise<boolean> {
+  return await q(pg, `SELECT count(*) FROM pg_database WHERE datname = ${quoteLiteral(db)}`) ===
+    "1";
+}
+
+/** Published chunk files of a set (temp files start with a dot and do not count). */
+async function chunkFiles(repo: string, id: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(`${repo}/${id}`)) {
+      if (e.isFile && /^db-\d{3}-t\d{5}-c\d{4}\.copy(\.zst|\.gz)?$/.test(e.name)) out.push(e.name);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  return out.sort();
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/** The chunk records a running or interrupted native backup keeps in `<set>/state/`. */
+async function chunkStates(dir: string): Promise<{ state: string; file: string }[]> {
+  const out: { state: string; file: string }[] = [];
+  for await (const e of Deno.readDir(`${dir}/state`)) {
+    if (!/^db-\d{3}\.t\d{5}-c\d{4}\.json$/.test(e.name)) continue;
+    const record = JSON.parse(await Deno.readTextFile(`${dir}/state/${e.name}`));
+    out.push({ state: e.name, file: record.file.path });
+  }
+  return out.sort((x, y) => x.state < y.state ? -1 : 1);
+}
+
+/**
+ * Restarts a test server in place (same data, port and socket). The helper's interface has no
+ * restart, but its server class runs pg_ctl as the right OS user.
+ */
+async function restart(pg: PgServer): Promise<void> {
+  const server = pg as PgServer & {
+    asServerUser(program: string, args: string[], describe: string): Promise<void>;
+  };
+  assert.equal(typeof server.asServerUser, "function");
+  await server.asServerUser(
+    "pg_ctl",
+    ["-D", pg.dataDir, "-w", "-t", "60", "-m", "fast", "-l", `${pg.baseDir}/server.log`, "restart"],
+    `pg_ctl restart on port ${pg.port}`,
+  );
+}
+
+async function sha256(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false>,
+  timeoutMs = 60_000,
+  intervalMs = 10,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** The last JSON line of a `--json` run: the summary. */
+function summary(r: CliResult): { setId: string; status: string } {
+  return JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+}
+
+/**
+ * Starts `dbbackup args`, waits until its (only) set in `repo` holds at least `chunks`
+ * published chunk files, and SIGKILLs it. Returns the set id and the killed run's result.
+ */
+async function backupKilledAfter(
+  repo: string,
+  args: string[],
+  env: Record<string, string>,
+  chunks: number,
+): Promise<{ id: string; result: CliResult }> {
+  let pid = 0;
+  let finished: CliResult | undefined;
+  const running = cli(args, { env, onStart: (p) => pid = p });
+  let settled = false;
+  running.then((r) => finished = r, () => {}).finally(() => settled = true);
+  let id: string;
+  try {
+    id = await waitFor(`${chunks} chunk files`, async () => {
+      if (settled) {
+        if (!finished) await running; // throws why it failed
+        throw new Error(
+          `the backup ended (exit ${finished!.code}) before ${chunks} chunks were seen:\n${
+            finished!.stderr
+          }`,
+        );
+      }
+      const [set] = await setDirs(repo);
+      return set && (await chunkFiles(repo, set)).length >= chunks ? set : undefined;
+    });
+  } finally {
+    if (!settled) Deno.kill(pid, "SIGKILL");
+  }
+  const result = await running;
+  assert.equal(result.code, 137, `killed by SIGKILL: ${result.stderr}`);
+  return { id, result };
+}
+
+/**
+ * A database `db` whose table `wide` holds `rows` rows of md5 text (about 350 bytes each),
+ * plus a small table and a sequence, so that a native backup takes a while.
+ */
+async function loadWide(pg: PgServer, db: string, rows: number): Promise<void> {
+  await pg.createDatabase(db);
+  await pg.psql(
+    `CREATE TABLE wide (id bigserial PRIMARY KEY, a text, b text, n int);
+     INSERT INTO wide (a, b, n)
+       SELECT repeat(md5(g::text), 5), repeat(md5((g * 7)::text), 5), g % 1000
+       FROM generate_series(1, ${rows}) g;
+     CREATE TABLE small (k text PRIMARY KEY, v jsonb);
+     INSERT INTO small SELECT 'k' || g, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
+     CREATE SEQUENCE counter START 40;
+     SELECT nextval('counter');
+     VACUUM ANALYZE;`,
+    { db },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A consistent snapshot while another session moves money around
+// ---------------------------------------------------------------------------------------------
+
+const ACCOUNTS = 50_000;
+const INITIAL_BALANCE = 1_000;
+const LEDGER_PRELOAD = 100_000;
+
+Deno.test("native backup under concurrent transfers restores one consistent moment", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    // The writer: one transaction per transfer, debit, credit and a ledger row.
+    const sql = postgres({
+      host: a.socketDir,
+      port: a.port,
+      user: "postgres",
+      database: "bank",
+      max: 1,
+      onnotice: () => {},
+    });
+    let stop = false;
+    let committed = 0;
+    let writerError: unknown;
+    let writer: Promise<void> = Promise.resolve();
+    const written = (n: number) => () => {
+      if (writerError) throw new Error(`the writer failed: ${writerError}`);
+      return Promise.resolve(committed >= n);
+    };
+    try {
+      await a.createDatabase("bank");
+      await a.psql(
+        `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, n int NOT NULL);
+         INSERT INTO accounts SELECT g, ${INITIAL_BALANCE}, 0
+           FROM generate_series(1, ${ACCOUNTS}) g;
+         CREATE TABLE ledger (id bigserial PRIMARY KEY, a int, b int, amount int, filler text);
+         INSERT INTO ledger (a, b, amount, filler)
+           SELECT 0, 0, 0, repeat(md5(g::text), 2) FROM generate_series(1, ${LEDGER_PRELOAD}) g;
+         VACUUM ANALYZE;`,
+        { db: "bank" },
+      );
+      const total = ACCOUNTS * INITIAL_BALANCE;
+      const filler = "f".repeat(64);
+      writer = (async () => {
+        while (!stop) {
+          const from = 1 + Math.floor(Math.random() * ACCOUNTS);
+          const to = 1 + (from + Math.floor(Math.random() * (ACCOUNTS - 1))) % ACCOUNTS;
+          const x = 1 + Math.floor(Math.random() * 500);
+          await sql.begin(async (tx) => {
+            await tx`UPDATE accounts SET balance = balance - ${x}, n = n + 1 WHERE id = ${from}`;
+            await tx`UPDATE accounts SET balance = balance + ${x}, n = n + 1 WHERE id = ${to}`;
+            await tx`INSERT INTO ledger (a, b, amount, filler)
+                     VALUES (${from}, ${to}, ${x}, ${filler})`;
+          });
+          committed++;
+        }
+      })().catch((err) => {
+        writerError = err;
+      });
+
+      await waitFor("the writer to get going", written(200));
+      const atStart = committed;
+      const r = await cli(
+        [
+          "--repo",
+          repo,
+          "--json",
+          "-j",
+          "2",
+          "backup",
+          "single",
+          "bank",
+          "--engine",
+          "native",
+          "--chunk-size",
+          "256k",
+        ],
+        { env: pgEnv(a) },
+      );
+      const atEnd = committed;
+      // Keep writing a little after the backup, so the final state is surely newer.
+      await waitFor("more transfers", written(atEnd + 200));
+      stop = true;
+      await writer;
+      assert.equal(writerError, undefined, `the writer failed: ${writerError}`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(atEnd > atStart, "transfers were committed while the backup ran");
+
+      const id = summary(r).setId;
+      const manifest = await readManifest(repo, id);
+      const tables = manifest.databases[0].native.tables;
+      const split = tables.filter((t) => t.chunks.length > 1).map((t) => t.name).sort();
+      assert.deepEqual(split, ["accounts", "ledger"], "both tables span several chunks");
+      assert.ok(tables.find((t) => t.name === "ledger")!.chunks.length >= 4);
+      assert.equal(manifest.databases[0].native.snapshots.length, 1);
+
+      const finalLedger = Number(await q(a, "SELECT count(*) FROM ledger", "bank"));
+      assert.equal(finalLedger, LEDGER_PRELOAD + committed, "every committed transfer is on A");
+
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+
+      const [sum, moves] = (await q(b, "SELECT sum(balance), sum(n) FROM accounts", "bank"))
+        .split("|").map(Number);
+      const [count, maxId] = (await q(b, "SELECT count(*), max(id) FROM ledger", "bank"))
+        .split("|").map(Number);
+      assert.equal(sum, total, "no money appeared or vanished");
+      assert.equal(
+        moves,
+        2 * (count - LEDGER_PRELOAD),
+        "every transfer is both in accounts and ledger",
+      );
+      assert.equal(maxId, count, "ledger ids have no gaps");
+      assert.ok(count >= LEDGER_PRELOAD + atStart, `transfers before the backup are in (${count})`);
+      assert.ok(count < finalLedger, `later transfers are not (${count} < ${finalLedger})`);
+      assert.equal(
+        Number(await q(b, "SELECT count(*) FROM accounts", "bank")),
+        ACCOUNTS,
+        "every account once",
+      );
+      // The ledger is append-only: the restored one is exactly A's first `count` rows.
+      const rowsMd5 = `SELECT md5(string_agg(l::text, E'\\n' ORDER BY id)) FROM ledger l
+                        WHERE id <= ${count}`;
+      assert.equal(await q(b, rowsMd5, "bank"), await q(a, rowsMd5, "bank"));
+    } finally {
+      stop = true;
+      await writer;
+      await sql.end({ timeout: 5 });
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// 2. Split tables restore identically; a damaged chunk is named and nothing is restored
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("a table in many chunks restores identically, a flipped byte in one chunk is caught", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await a.createDatabase("shop");
+      await a.psql(
+        `CREATE TABLE items (
+           id int PRIMARY KEY,
+           gone text,
+           label text,
+           data bytea,
+           tags text[],
+           doc jsonb,
+           at timestamptz,
+           price numeric(12, 3),
+           doubled numeric GENERATED ALWAYS AS (price * 2) STORED
+         );
+         INSERT INTO items (id, gone, label, data, tags, doc, at, price)
+           SELECT g, 'x',
+                  CASE g % 6 WHEN 0 THEN NULL WHEN 1 THEN E'tab\\there' WHEN 2 THEN E'line\\nbreak'
+                             WHEN 3 THEN E'back\\\\slash \\\\N' WHEN 4 THEN 'ünïcødé ' || g
+                             ELSE repeat('w', g % 300) END,
+                  decode(md5(g::text), 'hex'),
+                  ARRAY['a' || g, NULL, 'q"uote'],
+                  jsonb_build_object('g', g, 's', E'\\\\N'),
+                  '2020-01-01 00:00:00+00'::timestamptz + g * interval '1 minute',
+                  g / 7.0
+           FROM generate_series(1, 10000) g;
+         ALTER TABLE items DROP COLUMN gone;
+         DELETE FROM items WHERE id % 1000 < 150;
+         CREATE TABLE notes (id serial PRIMARY KEY, body text);
+         INSERT INTO notes (body) SELECT repeat(md5(g::text), 2000) FROM generate_series(1, 5) g;
+         VACUUM ANALYZE;`,
+        { db: "shop" },
+      );
+      const before = await snapshotDatabase(a, "shop");
+      assert.equal(before.tables["public.items"].rows, 8500);
+
+      const r = await cli(
+        [
+          "--repo",
+          repo,
+          "--json",
+          "-j",
+          "2",
+          "backup",
+          "single",
+          "shop",
+          "--engine",
+          "native",
+          "--chunk-size",
+          "128k",
+        ],
+        { env: pgEnv(a) },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      const id = summary(r).setId;
+      const manifest = await readManifest(repo, id);
+      const items = manifest.databases[0].native.tables.find((t) => t.name === "items")!;
+      assert.ok(items.chunks.length >= 5, `items is split (${items.chunks.length} chunks)`);
+      assert.equal(items.chunks.reduce((n, c) => n + c.rows, 0), 8500, "chunk row counts add up");
+      assert.equal(items.chunks.at(-1)!.toPage, null, "the last chunk is open-ended");
+
+      const ok = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(ok.code, 0, ok.stderr);
+      assertSameSnapshot(await snapshotDatabase(b, "shop"), before, "restored from chunks");
+
+      // Flip one byte in the middle of a chunk from the middle of the table.
+      const victim = items.chunks[Math.floor(items.chunks.length / 2)].path;
+      const bytes = await Deno.readFile(`${repo}/${id}/${victim}`);
+      bytes[Math.floor(bytes.length / 2)] ^= 0x5a;
+      await Deno.writeFile(`${repo}/${id}/${victim}`, bytes);
+
+      const v = await cli(["--repo", repo, "verify", id]);
+      assert.equal(v.code, 4, v.stdout + v.stderr);
+      assert.match(v.stdout, /FAILED/);
+      assert.ok(v.stdout.includes(victim), `verify names ${victim}:\n${v.stdout}`);
+      const otherChunks = items.chunks.map((c) => c.path).filter((p) => p !== victim);
+      for (const p of otherChunks) assert.ok(!v.stdout.includes(p), `${p} is not blamed`);
+
+      const bad = await cli(
+        ["--repo", repo, "restore", "single", id, "--create", "--target", "t"],
+        { env: pgEnv(b) },
+      );
+      assert.equal(bad.code, 4, bad.stdout + bad.stderr);
+      assert.ok(bad.stderr.includes(victim), `restore names ${victim}:\n${bad.stderr}`);
+      assert.equal(await databaseExists(b, "t"), false, "the target was not created");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// 3. SIGKILL, then --resume continues the same set
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "big", 12_000);
+      const before = await snapshotDatabase(a, "big");
+      const args = [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "single",
+        "big",
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+      const { id } = await backupKilledAfter(repo, args, pgEnv(a), 4);
+      const dir = `${repo}/${id}`;
+      assert.ok(!(await exists(`${dir}/manifest.json`)), "no manifest");
+
+      // The chunks the killed run recorded (a file published in the instant before the kill
+      // may have no record yet).
+      const recorded = [];
+      for (const c of await chunkStates(dir)) {
+        if (await exists(`${dir}/${c.file}`)) recorded.push(c);
+      }
+      assert.ok(recorded.length >= 3, `recorded chunks: ${JSON.stringify(recorded)}`);
+      // One recorded chunk is damaged on disk; another lost its record, as when the kill lands
+      // between publishing a file and recording it. Both must be dumped again.
+      const [damaged, unrecorded, ...intact] = recorded;
+      const bytes = await Deno.readFile(`${dir}/${damaged.file}`);
+      bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+      await Deno.writeFile(`${dir}/${damaged.file}`, bytes);
+      await Deno.remove(`${dir}/state/${unrecorded.state}`);
+      const intactSums = new Map<string, string>();
+      for (const c of intact) intactSums.set(c.file, await sha256(`${dir}/${c.file}`));
+
+      const list = await cli(["--repo", repo, "list"]);
+      assert.equal(list.code, 0, list.stderr);
+      assert.match(list.stdout.split("\n").find((l) => l.startsWith(id)) ?? "", /\bincomplete\b/);
+
+      const refused = await cli(["--repo", repo, "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /incomplete/);
+      assert.equal(await databaseExists(b, "big"), false);
+
+      const wrongEngine = await cli(
+        ["--repo", repo, "backup", "single", "big", "--engine", "pg_dump", "--resume"],
+        { env: pgEnv(a) },
+      );
+      assert.equal(wrongEngine.code, 2, wrongEngine.stderr);
+      assert.match(wrongEngine.stderr, /--resume needs the native engine/);
+      assert.deepEqual(await setDirs(repo), [id], "the refused run created nothing");
+
+      const resumed = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.equal(resumed.code, 0, resumed.stderr);
+      const out = resumed.stdout + resumed.stderr;
+      assert.ok(out.includes(`resuming the incomplete set ${id}`), out);
+      assert.match(out, new RegExp(`reused ${intact.length} chunk\\(s\\)`));
+      assert.deepEqual(await setDirs(repo), [id], "the same set, no new folder");
+      assert.ok(!(await exists(`${dir}/state`)), "the resume records are gone");
+
+      const manifest = await readManifest(repo, id);
+      assert.equal(manifest.status, "complete");
+      const native = manifest.databases[0].native;
+      assert.equal(native.snapshots.length, 2);
+      assert.notEqual(native.snapshots[0].id, native.snapshots[1].id);
+      const chunks = new Map(native.tables.flatMap((t) => t.chunks).map((c) => [c.path, c]));
+      for (const [f, sum] of intactSums) {
+        assert.equal(chunks.get(f)?.snapshot, 0, `${f} is reused from the first snapshot`);
+        assert.equal(await sha256(`${dir}/${f}`), sum, `${f} was kept as it was`);
+      }
+      for (const f of [damaged.file, unrecorded.file]) {
+        assert.equal(chunks.get(f)?.snapshot, 1, `${f} was dumped again`);
+      }
+      assert.equal(
+        [...chunks.values()].filter((c) => c.snapshot === 0).length,
+        intact.length,
+        "only the intact recorded chunks come from the first snapshot",
+      );
+
+      const listJson = await cli(["--repo", repo, "--json", "list"]);
+      assert.equal(listJson.code, 0, listJson.stderr);
+      const sets = JSON.parse(listJson.stdout);
+      assert.equal(sets.length, 1);
+      assert.equal(sets[0].status, "complete");
+      assert.equal(sets[0].snapshots, 2);
+      const listText = await cli(["--repo", repo, "list"]);
+      assert.match(listText.stdout, /complete \(spans 2 snapshots\)/);
+
+      const v = await cli(["--repo", repo, "verify", "--deep", id]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+      assert.match(v.stdout, /note: a resumed backup: its data spans 2 snapshots/);
+
+      const res = await cli(["--repo", repo, "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stderr, /warning: backup \S+ was resumed: its data spans 2 snapshots/);
+      assertSameSnapshot(await snapshotDatabase(b, "big"), before, "restore of the resumed set");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+Deno.test("a resumed native cluster backup dumps the globals again and completes", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "big", 8_000);
+      const args = [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "cluster",
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+      const { id } = await backupKilledAfter(repo, args, pgEnv(a), 2);
+      assert.ok(await exists(`${repo}/${id}/globals.sql.zst`), "the killed run wrote the globals");
+
+      const r = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.deepEqual(await setDirs(repo), [id]);
+      const manifest = await readManifest(repo, id) as ManifestShape & {
+        globals: { status: string; error?: string };
+      };
+      assert.equal(manifest.status, "complete");
+      assert.equal(manifest.globals.status, "ok", manifest.globals.error);
+      assert.deepEqual(manifest.databases.map((d) => [d.name, d.status]).sort(), [
+        ["big", "ok"],
+        ["postgres", "ok"],
+      ]);
+      const v = await cli(["--repo", repo, "verify", "--deep", id]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+Deno.test("a resume after a server restart still counts two snapshots", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "big", 8_000);
+      const args = [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "single",
+        "big",
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+      // Snapshot ids restart with the server: both runs are the first thing after a start, as
+      // when the server's restart is what interrupted the backup.
+      await restart(a);
+      const { id } = await backupKilledAfter(repo, args, pgEnv(a), 2);
+      await restart(a);
+      const r = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.equal(r.code, 0, r.stderr);
+      const native = (await readManifest(repo, id)).databases[0].native;
+      const chunks = native.tables.flatMap((t) => t.chunks);
+      assert.ok(chunks.some((c) => c.snapshot === 0) && chunks.some((c) => c.snapshot === 1));
+      assert.equal(native.snapshots.length, 2, JSON.stringify(native.snapshots));
+      const v = await cli(["--repo", repo, "verify", id]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+      assert.match(v.stdout, /spans 2 snapshots/);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+Deno.test("--resume continues its own database's set, never one of a similar name", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "shop-2", 8_000);
+      await loadWide(a, "shop", 3_000); // the same tables: only the database name differs
+      const args = (db: string) => [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "single",
+        db,
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+      const { id } = await backupKilledAfter(repo, args("shop-2"), pgEnv(a), 2);
+      assert.match(id, /-single-shop-2$/);
+
+      // "shop" must not take over the chunks of "shop-2".
+      const other = await cli([...args("shop"), "--resume"], { env: pgEnv(a) });
+      assert.equal(other.code, 1, other.stderr);
+      assert.match(other.stderr, /"shop-2"/);
+      assert.ok(!(await exists(`${repo}/${id}/manifest.json`)), "shop-2's set is still open");
+
+      const own = await cli([...args("shop-2"), "--resume"], { env: pgEnv(a) });
+      assert.equal(own.code, 0, own.stderr);
+      assert.match(own.stderr, new RegExp(`resuming the incomplete set ${id}`));
+      assert.deepEqual(await setDirs(repo), [id]);
+      const manifest = await readManifest(repo, id);
+      assert.equal(manifest.databases[0].name, "shop-2");
+      assert.equal(manifest.databases[0].native.snapshots.length, 2);
+      const rows = manifest.databases[0].native.tables.find((t) => t.name === "wide")!.chunks
+        .reduce((n, c) => n + c.rows, 0);
+      assert.equal(rows, 8_000);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// 4. A worker backend terminated mid-COPY: the chunk is retried
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("a chunk whose backend is terminated mid-COPY is retried from the same snapshot", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    // psql takes tens of milliseconds to start; a COPY of a chunk may last less: poll from here.
+    const watcher = postgres({
+      host: a.socketDir,
+      port: a.port,
+      user: "postgres",
+      database: "postgres",
+      max: 1,
+      onnotice: () => {},
+    });
+    try {
+      await loadWide(a, "big", 10_000);
+      const before = await snapshotDatabase(a, "big");
+      let finished = false;
+      const running = cli(
+        [
+          "--repo",
+          repo,
+          "-j",
+          "2",
+          "backup",
+          "single",
+          "big",
+          "--engine",
+          "native",
+          "--chunk-size",
+          "256k",
+        ],
+        { env: pgEnv(a) },
+      );
+      running.then(() => finished = true, () => finished = true);
+      // Find and terminate in one statement: a COPY that is still running.
+      const killed = await waitFor(
+        "a COPY of dbbackup to terminate",
+        async () => {
+          if (finished) throw new Error("the backup ended before a COPY could be terminated");
+          const rows = await watcher<{ pid: number }[]>`
+          SELECT pid FROM pg_stat_activity
+           WHERE application_name = 'dbbackup' AND state = 'active' AND query LIKE 'COPY%'
+             AND pg_terminate_backend(pid)
+           LIMIT 1`;
+          return rows[0]?.pid;
+        },
+        30_000,
+        1,
+      );
+      assert.ok(killed > 0);
+      const r = await running;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /warning: retrying chunk \d+ of table public\.wide/);
+      const [id] = await setDirs(repo);
+      const manifest = await readManifest(repo, id);
+      assert.equal(manifest.status, "complete");
+      assert.equal(manifest.databases[0].native.snapshots.length, 1, "one snapshot throughout");
+
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assertSameSnapshot(await snapshotDatabase(b, "big"), before, "restore after a retried chunk");
+    } finally {
+      await watcher.end({ timeout: 5 });
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// 5. --resume refuses when the tables changed
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("--resume refuses to continue when a table changed since the interruption", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "big", 8_000);
+      const args = [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "single",
+        "big",
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+      const { id } = await backupKilledAfter(repo, args, pgEnv(a), 1);
+      await a.psql("ALTER TABLE wide ADD COLUMN extra int DEFAULT 7", { db: "big" });
+
+      const r = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.notEqual(r.code, 0, r.stdout + r.stderr);
+      assert.match(r.stderr, /tables or columns changed/);
+      assert.deepEqual(await setDirs(repo), [id], "no new set");
+      assert.ok(
+        !(await Deno.stat(`${repo}/${id}/manifest.json`).catch(() => null)),
+        "the set is still incomplete",
+      );
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
