@@ -4,7 +4,7 @@ import { DEFAULT_CHUNK_BYTES } from "../engine/pg/native_dump.ts";
 import { parseSize } from "../plan/chunks.ts";
 import type { Setting } from "../config/settings.ts";
 import type { Compression } from "../pipeline/compress.ts";
-import { backup, type BackupResult } from "../ops/backup.ts";
+import { backup, type BackupOptions, type BackupResult } from "../ops/backup.ts";
 import { ensureLocalRoot } from "../storage/local.ts";
 import { type CliEnv, type GlobalOptions, initTarget, makeContext } from "./context.ts";
 import { formatBytes } from "./format.ts";
@@ -47,32 +47,12 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .addOption(chunkOption())
     .addOption(resumeOption())
     .action(async (database, opts, sub) => {
-      const ctx = await makeContext(
-        sub.optsWithGlobals() as GlobalOptions,
-        { compression: opts.compression },
-        cli,
-      );
-      await initTarget(ctx, database);
-      if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
-      const result = await backup({
-        target: ctx.target,
-        repo: ctx.repo,
+      await run(sub.optsWithGlobals() as GlobalOptions, opts, {
         kind: "single",
         database,
         includes: [],
         excludes: [],
-        jobs: ctx.settings.jobs.value,
-        compression: compressionFor(ctx.settings.compression, opts.engine),
-        pgBin: ctx.settings.pgBin?.value,
-        engine: opts.engine,
-        chunkBytes: chunkBytes(opts.chunkSize),
-        resume: opts.resume ?? false,
-        dryRun: ctx.dryRun,
-        reporter: ctx.reporter,
-        signal: ctx.signal,
       });
-      printResult(result, ctx.json, ctx.quiet);
-      setExit(exitFor(result));
     });
 
   cmd.command("cluster")
@@ -84,32 +64,39 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .addOption(chunkOption())
     .addOption(resumeOption())
     .action(async (opts, sub) => {
-      const ctx = await makeContext(
-        sub.optsWithGlobals() as GlobalOptions,
-        { compression: opts.compression },
-        cli,
-      );
-      await initTarget(ctx, "postgres");
-      if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
-      const result = await backup({
-        target: ctx.target,
-        repo: ctx.repo,
+      await run(sub.optsWithGlobals() as GlobalOptions, opts, {
         kind: "cluster",
         includes: opts.include,
         excludes: opts.exclude,
-        jobs: ctx.settings.jobs.value,
-        compression: compressionFor(ctx.settings.compression, opts.engine),
-        pgBin: ctx.settings.pgBin?.value,
-        engine: opts.engine,
-        chunkBytes: chunkBytes(opts.chunkSize),
-        resume: opts.resume ?? false,
-        dryRun: ctx.dryRun,
-        reporter: ctx.reporter,
-        signal: ctx.signal,
       });
-      printResult(result, ctx.json, ctx.quiet);
-      setExit(exitFor(result));
     });
+
+  /** Both subcommands: settings, then one backup() call, then the summary and exit code. */
+  async function run(
+    globals: GlobalOptions,
+    opts: { compression?: string; engine: "pg_dump" | "native"; chunkSize?: string; resume?: true },
+    what: Pick<BackupOptions, "kind" | "database" | "includes" | "excludes">,
+  ): Promise<void> {
+    const ctx = await makeContext(globals, { compression: opts.compression }, cli);
+    await initTarget(ctx, what.database ?? "postgres");
+    if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
+    const result = await backup({
+      ...what,
+      target: ctx.target,
+      repo: ctx.repo,
+      jobs: ctx.settings.jobs.value,
+      compression: compressionFor(ctx.settings.compression, opts.engine),
+      pgBin: ctx.settings.pgBin?.value,
+      engine: opts.engine,
+      chunkBytes: chunkBytes(opts.chunkSize),
+      resume: opts.resume ?? false,
+      dryRun: ctx.dryRun,
+      reporter: ctx.reporter,
+      signal: ctx.signal,
+    });
+    printResult(result, ctx.json, ctx.quiet);
+    setExit(exitFor(result));
+  }
   return cmd;
 }
 
