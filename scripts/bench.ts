@@ -74,6 +74,8 @@ try {
 
   const results: { name: string; backup: Measure; size: number; restore: Measure }[] = [];
   const time = async (name: string, cmd: string, argv: string[], e = clientEnv) => {
+    // Every step starts from the same server state: no dirty buffers left by the last one.
+    await pg.psql("CHECKPOINT");
     const out = await run("/usr/bin/time", ["-f", "BENCH %e %U %S %M", cmd, ...argv], {
       describe: name,
       env: e,
@@ -94,6 +96,8 @@ try {
         throw new Error(`${what}: table ${t} has ${got.get(t)} rows, expected ${c}`);
       }
     }
+    // The next restore should not pay for this one's disk space and WAL.
+    await pg.psql(`DROP DATABASE ${db}`);
   };
   const dbb = (extra: string[]) => [
     "run",
