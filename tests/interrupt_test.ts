@@ -6,6 +6,7 @@
 import { strict as assert } from "node:assert";
 import { dbbackup, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, withPg } from "./helpers/pg_server.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const DB = "big";
 /** Rows of md5 text: a plain backup (zstd:3) of them takes about two seconds. */
@@ -91,22 +92,6 @@ async function leftovers(pg: PgServer): Promise<string[]> {
     }
   }
   return found;
-}
-
-async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /** Every path under `dir`, relative. */

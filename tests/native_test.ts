@@ -16,6 +16,7 @@ import {
   tempRepo,
 } from "./helpers/cli.ts";
 import { type PgServer, quoteLiteral, withPg, withTwoPg } from "./helpers/pg_server.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -149,23 +150,6 @@ async function restart(pg: PgServer): Promise<void> {
 async function sha256(path: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-  intervalMs = 10,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
 }
 
 /** The last JSON line of a `--json` run: the summary. */
@@ -473,19 +457,7 @@ Deno.test("a native backup killed with SIGKILL is continued by --resume", async 
     try {
       await loadWide(a, "big", 12_000);
       const before = await snapshotDatabase(a, "big");
-      const args = [
-        "--repo",
-        repo,
-        "-j",
-        "1",
-        "backup",
-        "single",
-        "big",
-        "--engine",
-        "native",
-        "--chunk-size",
-        "128k",
-      ];
+      const args = nativeArgs(repo, "big");
       const { id } = await backupKilledAfter(repo, args, pgEnv(a), 4);
       const dir = `${repo}/${id}`;
       assert.ok(!(await exists(`${dir}/manifest.json`)), "no manifest");
@@ -623,19 +595,7 @@ Deno.test("a resume after a server restart still counts two snapshots", async ()
     const repo = await tempRepo();
     try {
       await loadWide(a, "big", 8_000);
-      const args = [
-        "--repo",
-        repo,
-        "-j",
-        "1",
-        "backup",
-        "single",
-        "big",
-        "--engine",
-        "native",
-        "--chunk-size",
-        "128k",
-      ];
+      const args = nativeArgs(repo, "big");
       // Snapshot ids restart with the server: both runs are the first thing after a start, as
       // when the server's restart is what interrupted the backup.
       await restart(a);
@@ -782,19 +742,7 @@ Deno.test("--resume refuses to continue when a table changed since the interrupt
     const repo = await tempRepo();
     try {
       await loadWide(a, "big", 8_000);
-      const args = [
-        "--repo",
-        repo,
-        "-j",
-        "1",
-        "backup",
-        "single",
-        "big",
-        "--engine",
-        "native",
-        "--chunk-size",
-        "128k",
-      ];
+      const args = nativeArgs(repo, "big");
       const { id } = await backupKilledAfter(repo, args, pgEnv(a), 1);
       await a.psql("ALTER TABLE wide ADD COLUMN extra int DEFAULT 7", { db: "big" });
 
@@ -811,3 +759,20 @@ Deno.test("--resume refuses to continue when a table changed since the interrupt
     }
   });
 });
+
+/** `backup single <db>` through the native engine, one job, 128 kB chunks. */
+function nativeArgs(repo: string, db: string): string[] {
+  return [
+    "--repo",
+    repo,
+    "-j",
+    "1",
+    "backup",
+    "single",
+    db,
+    "--engine",
+    "native",
+    "--chunk-size",
+    "128k",
+  ];
+}

@@ -1,6 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
 import { ExitCode, UsageError } from "../errors.ts";
-import { restore, type RestorePlan, type RestoreResult } from "../ops/restore.ts";
+import {
+  restore,
+  type RestoreOptions,
+  type RestorePlan,
+  type RestoreResult,
+} from "../ops/restore.ts";
 import {
   type CliEnv,
   type Context,
@@ -23,26 +28,14 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
     .option("--create", "create the target database when it does not exist")
     .option("--clean", "replace the objects of a non-empty target (asks, or needs --yes)")
     .action(async (ref, opts, sub) => {
-      const ctx = await makeContext(sub.optsWithGlobals() as GlobalOptions, {}, cli);
-      await initTarget(ctx, opts.target ?? opts.database ?? "postgres");
-      const result = await restore({
-        target: ctx.target,
-        repo: ctx.repo,
+      await run(sub.optsWithGlobals() as GlobalOptions, opts.target ?? opts.database, {
         ref,
         kind: "single",
         database: opts.database,
         targetName: opts.target,
         create: opts.create ?? false,
         clean: opts.clean ?? false,
-        jobs: ctx.settings.jobs.value,
-        pgBin: ctx.settings.pgBin?.value,
-        dryRun: ctx.dryRun,
-        reporter: ctx.reporter,
-        signal: ctx.signal,
-        confirmDestructive: (_plan, what) => confirmOrRefuse(ctx, what),
       });
-      print(result, ctx);
-      setExit(exitFor(result));
     });
 
   cmd.command("cluster")
@@ -53,25 +46,39 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
       "drop and recreate databases that exist and are not empty (asks, or needs --yes)",
     )
     .action(async (ref, opts, sub) => {
-      const ctx = await makeContext(sub.optsWithGlobals() as GlobalOptions, {}, cli);
-      await initTarget(ctx, "postgres");
-      const result = await restore({
-        target: ctx.target,
-        repo: ctx.repo,
+      await run(sub.optsWithGlobals() as GlobalOptions, undefined, {
         ref,
         kind: "cluster",
         create: true,
         clean: opts.clean ?? false,
-        jobs: ctx.settings.jobs.value,
-        pgBin: ctx.settings.pgBin?.value,
-        dryRun: ctx.dryRun,
-        reporter: ctx.reporter,
-        signal: ctx.signal,
-        confirmDestructive: (_plan, what) => confirmOrRefuse(ctx, what),
       });
-      print(result, ctx);
-      setExit(exitFor(result));
     });
+
+  /** Both subcommands: settings, then one restore() call, then the summary and exit code. */
+  async function run(
+    globals: GlobalOptions,
+    database: string | undefined,
+    what: Pick<
+      RestoreOptions,
+      "ref" | "kind" | "database" | "targetName" | "create" | "clean"
+    >,
+  ): Promise<void> {
+    const ctx = await makeContext(globals, {}, cli);
+    await initTarget(ctx, database ?? "postgres");
+    const result = await restore({
+      ...what,
+      target: ctx.target,
+      repo: ctx.repo,
+      jobs: ctx.settings.jobs.value,
+      pgBin: ctx.settings.pgBin?.value,
+      dryRun: ctx.dryRun,
+      reporter: ctx.reporter,
+      signal: ctx.signal,
+      confirmDestructive: (_plan, items) => confirmOrRefuse(ctx, items),
+    });
+    print(result, ctx);
+    setExit(exitFor(result));
+  }
   return cmd;
 }
 

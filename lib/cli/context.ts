@@ -8,15 +8,7 @@ import { makeReporter } from "./reporters.ts";
 import { promptPassword } from "./prompt.ts";
 
 /** The options every command accepts (defined on the root command). */
-export interface GlobalOptions {
-  host?: string;
-  port?: string;
-  user?: string;
-  dbType?: string;
-  repo?: string;
-  config?: string;
-  jobs?: string;
-  pgBin?: string;
+export interface GlobalOptions extends Omit<FlagValues, "compression"> {
   json?: boolean;
   quiet?: boolean;
   progress?: boolean;

@@ -76,12 +76,12 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
   };
 }
 
-/** Size and sha256 of the stored bytes, read once. */
-export async function checkStored(
+/** A failed check when the file is missing or has another size than recorded. */
+async function checkPresence(
   repo: Repository,
   id: string,
   file: FileRecord,
-): Promise<FileCheck> {
+): Promise<FileCheck | undefined> {
   const path = `${id}/${file.path}`;
   const info = await repo.storage.stat(path);
   if (!info) return { path: file.path, ok: false, problem: `file ${path} is missing` };
@@ -92,6 +92,18 @@ export async function checkStored(
       problem: `file ${path} has ${info.size} bytes, the manifest says ${file.bytes}`,
     };
   }
+  return undefined;
+}
+
+/** Size and sha256 of the stored bytes, read once. */
+export async function checkStored(
+  repo: Repository,
+  id: string,
+  file: FileRecord,
+): Promise<FileCheck> {
+  const missing = await checkPresence(repo, id, file);
+  if (missing) return missing;
+  const path = `${id}/${file.path}`;
   const sum = new ChecksumStream();
   await (await repo.storage.read(path)).pipeThrough(sum).pipeTo(new WritableStream());
   const d = await sum.digest;
@@ -112,8 +124,10 @@ async function deepCheck(
   pgRestore: PgTool | undefined,
   signal?: AbortSignal,
 ): Promise<FileCheck> {
-  const shallow = await checkStored(repo, id, file);
-  if (!shallow.ok) return shallow;
+  // Only presence and size first: openFile checks the stored and raw sha256 as it reads, so
+  // the file is read once, not twice.
+  const missing = await checkPresence(repo, id, file);
+  if (missing) return missing;
   try {
     const data = await repo.openFile(id, file);
     if (file.content.startsWith("pg_dump-custom") && pgRestore) {
