@@ -12,6 +12,7 @@ export const ExitCode = {
   usage: 2,
   partial: 3,
   verification: 4,
+  key: 5,
   interrupted: 130,
 } as const;
 export type ExitCode = typeof ExitCode[keyof typeof ExitCode];
@@ -29,9 +30,11 @@ export type ErrorCode =
   | "restore_failed"
   | "partial"
   | "verification"
+  | "key"
   | "incomplete"
   | "process"
   | "interrupted"
+  | "locked"
   | "io";
 
 const exitCodes: Record<ErrorCode, ExitCode> = {
@@ -46,9 +49,11 @@ const exitCodes: Record<ErrorCode, ExitCode> = {
   restore_failed: ExitCode.failure,
   partial: ExitCode.partial,
   verification: ExitCode.verification,
+  key: ExitCode.key,
   incomplete: ExitCode.failure,
   process: ExitCode.failure,
   interrupted: ExitCode.interrupted,
+  locked: ExitCode.failure,
   io: ExitCode.failure,
 };
 

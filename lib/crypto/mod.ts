@@ -1,0 +1,41 @@
+/** Encryption of backup sets: per-file streaming AEAD and the key slots of a set. */
+export {
+  decryptStream,
+  DEFAULT_CHUNK_SIZE,
+  encryptedSize,
+  type EncryptOptions,
+  encryptStream,
+  type FileContext,
+  HEADER_BYTES,
+  looksEncrypted,
+  openBytes,
+  sealBytes,
+} from "./stream.ts";
+export {
+  DEFAULT_SCRYPT,
+  describeSlot,
+  generateDataKey,
+  generateKeyFileBytes,
+  keyFileId,
+  type KeyFileSlot,
+  type KeyHolder,
+  type KeyOpener,
+  type KeySlot,
+  keySlotProblem,
+  parseKeyFile,
+  type PassphraseSlot,
+  type RecipientSlot,
+  type ScryptParams,
+  scryptParamsProblem,
+  unwrapKey,
+  wrapKey,
+} from "./keys.ts";
+export {
+  formatRecipient,
+  generateIdentity,
+  type Identity,
+  parseIdentity,
+  parseRecipient,
+  type Recipient,
+  recipientFingerprint,
+} from "./identity.ts";
