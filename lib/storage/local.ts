@@ -5,7 +5,18 @@
  */
 import { DbBackupError } from "../errors.ts";
 import { run } from "../process/run.ts";
-import type { DirEntry, FileInfo, Storage, StorageFeatures, WriteOptions } from "./storage.ts";
+import { checkRange, emptyStream, sliceStream } from "./_range.ts";
+import type {
+  DirEntry,
+  FileInfo,
+  ReadOptions,
+  Storage,
+  StorageFeatures,
+  WriteOptions,
+} from "./storage.ts";
+
+/** `.<name>.tmp-<8 hex>`: what write() creates before publishing `<name>`. */
+const TEMPORARY_NAME = /^\..+\.tmp-[0-9a-f]{8}$/;
 
 export class LocalStorage implements Storage {
   readonly features: StorageFeatures = { atomicPublish: true, directories: true };
@@ -29,7 +40,7 @@ export class LocalStorage implements Storage {
   async stat(path: string): Promise<FileInfo | undefined> {
     try {
       const st = await Deno.stat(this.#abs(path));
-      return { path, size: st.size, mtime: st.mtime ?? undefined };
+      return { path, size: st.size, mtime: st.mtime ?? undefined, isDirectory: st.isDirectory };
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return undefined;
       throw ioError(`cannot read ${this.#abs(path)}`, err);
@@ -49,16 +60,30 @@ export class LocalStorage implements Storage {
     return entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   }
 
-  async read(path: string): Promise<ReadableStream<Uint8Array>> {
+  async read(path: string, options: ReadOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const { offset, length } = checkRange(options, this.#abs(path));
+    let file: Deno.FsFile;
     try {
-      const file = await Deno.open(this.#abs(path), { read: true });
-      return file.readable;
+      file = await Deno.open(this.#abs(path), { read: true });
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) {
         throw new DbBackupError("not_found", `file ${this.#abs(path)} is missing`);
       }
       throw ioError(`cannot open ${this.#abs(path)}`, err);
     }
+    if (offset === 0 && length === undefined) return file.readable;
+    try {
+      if (length === 0) {
+        file.close();
+        return emptyStream();
+      }
+      // Seeking past the end is allowed: the stream is then empty.
+      if (offset > 0) await file.seek(offset, Deno.SeekMode.Start);
+    } catch (err) {
+      file.close();
+      throw ioError(`cannot read ${this.#abs(path)} at byte ${offset}`, err);
+    }
+    return sliceStream(file.readable, 0, length);
   }
 
   async write(
@@ -133,6 +158,19 @@ export class LocalStorage implements Storage {
       if (err instanceof Deno.errors.NotFound) return;
       throw ioError(`cannot remove ${this.#abs(path)}`, err);
     }
+  }
+
+  async removeTemporaries(dir: string): Promise<number> {
+    let removed = 0;
+    for (const e of await this.list(dir)) {
+      const path = dir === "" ? e.name : `${dir}/${e.name}`;
+      if (e.isDirectory) removed += await this.removeTemporaries(path);
+      else if (TEMPORARY_NAME.test(e.name)) {
+        await this.remove(path);
+        removed++;
+      }
+    }
+    return removed;
   }
 
   async freeSpace(): Promise<number | undefined> {

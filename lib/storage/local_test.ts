@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import { DbBackupError } from "../errors.ts";
+import { storageConformance } from "./conformance.ts";
 import { LocalStorage } from "./local.ts";
 
 const enc = new TextEncoder();
@@ -290,4 +291,22 @@ Deno.test("stat, list, read and remove", async () => {
     assert.equal(storage.location, root);
     assert.equal(new LocalStorage(`${root}///`).location, root);
   });
+});
+
+Deno.test("LocalStorage passes the storage conformance suite", async (t) => {
+  const root = await Deno.makeTempDir({ prefix: "dbbackup-local-conformance-" });
+  let n = 0;
+  try {
+    await storageConformance(t, {
+      async fresh() {
+        const dir = `${root}/${++n}`;
+        await Deno.mkdir(dir);
+        return new LocalStorage(dir);
+      },
+      multipartSize: 1024 * 1024,
+      leftovers: () => tempFiles(root),
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
