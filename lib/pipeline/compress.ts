@@ -79,23 +79,30 @@ export function decompressStream(
  */
 function toWeb(z: Duplex): TransformStream<Uint8Array, Uint8Array> {
   let failed: Error | undefined;
+  // After the reader cancelled, zlib may still emit what it had: it goes nowhere.
+  let cancelled = false;
   const readable = new ReadableStream<Uint8Array>({
     start(controller) {
       z.on("data", (data: Uint8Array) => {
+        if (cancelled) return;
         controller.enqueue(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
         if ((controller.desiredSize ?? 1) <= 0) z.pause();
       });
-      z.once("end", () => controller.close());
+      z.once("end", () => {
+        if (!cancelled) controller.close();
+      });
       z.once("error", (err: Error) => {
         failed = err;
-        controller.error(err);
+        if (!cancelled) controller.error(err);
       });
     },
     pull() {
       z.resume();
     },
     cancel(reason) {
-      z.destroy(reason instanceof Error ? reason : new Error(String(reason)));
+      cancelled = true;
+      failed = reason instanceof Error ? reason : new Error(String(reason ?? "cancelled"));
+      z.destroy();
     },
   }, { highWaterMark: 4 });
   const writable = new WritableStream<Uint8Array>({
