@@ -4,7 +4,7 @@
  * the set folder stays without a manifest and every command treats it as incomplete.
  */
 import { strict as assert } from "node:assert";
-import { dbbackup, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, lockFiles, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, withPg } from "./helpers/pg_server.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -177,7 +177,8 @@ async function interruptedBackupCleansUp(pg: PgServer, signal: "SIGTERM" | "SIGI
     assert.ok(elapsed < 15_000, `dbbackup stopped within 15 s (took ${Math.round(elapsed)} ms)`);
 
     assert.deepEqual(await setDirs(repo), [], "no set folder is left");
-    assert.deepEqual(await walk(repo), [], "nothing at all is left in the repository");
+    // Only the repository's (empty) lock folder: the interrupted run released its locks.
+    assert.deepEqual(await walk(repo), ["locks"], "nothing else is left in the repository");
     assert.deepEqual(await tempFiles(repo), []);
 
     // The pg_dump child is gone, and so is every process started for this server.
@@ -200,6 +201,7 @@ async function interruptedBackupCleansUp(pg: PgServer, signal: "SIGTERM" | "SIGI
     const list = await dbbackup(["--repo", repo, "list"], { env: pgEnv(pg) });
     assert.equal(list.code, 0, list.stderr);
     assert.match(list.stdout, /no backup sets/);
+    assert.deepEqual(await lockFiles(repo), [], "the interrupted run released its locks");
 
     // The repository and the server are fine for the next run.
     const again = await dbbackup(["--repo", repo, "backup", "single", DB], { env: pgEnv(pg) });
@@ -260,7 +262,7 @@ Deno.test("interrupting a backup", async (t) => {
         const listJson = await dbbackup(["--repo", repo, "--json", "list"], { env: pgEnv(pg) });
         assert.equal(listJson.code, 0, listJson.stderr);
         assert.deepEqual(JSON.parse(listJson.stdout), [
-          { id, status: "incomplete", databases: [] },
+          { id, group: "single-big", status: "incomplete", databases: [] },
         ]);
 
         const restore = await dbbackup(

@@ -11,6 +11,7 @@ import {
   type CliOptions,
   type CliResult,
   dbbackup,
+  lockFiles,
   pgEnv,
   setDirs,
   tempRepo,
@@ -498,10 +499,39 @@ Deno.test("a native backup killed with SIGKILL is continued by --resume", async 
       assert.match(wrongEngine.stderr, /--resume needs the native engine/);
       assert.deepEqual(await setDirs(repo), [id], "the refused run created nothing");
 
+      // While another live process holds the set (as a second resume would), resume refuses.
+      const heldBy = `${repo}/locks/other.json`;
+      await Deno.writeTextFile(
+        heldBy,
+        JSON.stringify({
+          scope: `set:${id}`,
+          mode: "exclusive",
+          purpose: "backup single --resume",
+          hostname: Deno.hostname(),
+          pid: Deno.pid,
+          createdAt: new Date().toISOString(),
+          refreshedAt: new Date().toISOString(),
+        }),
+      );
+      const locked = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.equal(locked.code, 1, locked.stderr);
+      assert.match(
+        locked.stderr,
+        new RegExp(`backup set ${id} .* is locked by backup single --resume \\(pid ${Deno.pid}`),
+      );
+      await Deno.remove(heldBy);
+      // A temporary file of the killed run is removed by the resume.
+      await Deno.writeTextFile(`${dir}/.db-001-big-x.copy.zst.tmp-0badcafe`, "partial");
+
       const resumed = await cli([...args, "--resume"], { env: pgEnv(a) });
       assert.equal(resumed.code, 0, resumed.stderr);
       const out = resumed.stdout + resumed.stderr;
       assert.ok(out.includes(`resuming the incomplete set ${id}`), out);
+      assert.match(out, /removed \d+ unfinished file\(s\) of the interrupted run/);
+      const leftovers = [];
+      for await (const e of Deno.readDir(dir)) if (e.name.includes(".tmp-")) leftovers.push(e.name);
+      assert.deepEqual(leftovers, [], "no temporary files after the resume");
+      assert.deepEqual(await lockFiles(repo), [], "the killed run's stale lock is gone");
       assert.match(out, new RegExp(`reused ${intact.length} chunk\\(s\\)`));
       assert.deepEqual(await setDirs(repo), [id], "the same set, no new folder");
       assert.ok(!(await exists(`${dir}/state`)), "the resume records are gone");
@@ -532,7 +562,7 @@ Deno.test("a native backup killed with SIGKILL is continued by --resume", async 
       assert.equal(sets[0].status, "complete");
       assert.equal(sets[0].snapshots, 2);
       const listText = await cli(["--repo", repo, "list"]);
-      assert.match(listText.stdout, /complete \(spans 2 snapshots\)/);
+      assert.match(listText.stdout, /complete, spans 2 snapshots/);
 
       const v = await cli(["--repo", repo, "verify", "--deep", id]);
       assert.equal(v.code, 0, v.stdout + v.stderr);

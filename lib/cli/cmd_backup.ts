@@ -1,16 +1,18 @@
 import { Command, Option } from "@commander-js/extra-typings";
-import { ExitCode, UsageError } from "../errors.ts";
+import { errorMessage, ExitCode, UsageError } from "../errors.ts";
 import { DEFAULT_CHUNK_BYTES } from "../engine/pg/native_dump.ts";
 import { parseSize } from "../plan/chunks.ts";
 import type { Setting } from "../config/settings.ts";
 import type { Compression } from "../pipeline/compress.ts";
 import { backup, type BackupOptions, type BackupResult } from "../ops/backup.ts";
-import { ensureLocalRoot } from "../storage/local.ts";
-import { type CliEnv, type GlobalOptions, initTarget, makeContext } from "./context.ts";
+import { ensureLocalRoot, LocalStorage } from "../storage/local.ts";
+import { type CliEnv, collect, type GlobalOptions, initTarget, makeContext } from "./context.ts";
 import { formatBytes } from "./format.ts";
 import { writeOut } from "./reporters.ts";
-
-const collect = (value: string, previous: string[]) => [...previous, value];
+import { loadHolders } from "./keys.ts";
+import { pruneExit, resolvePolicy } from "./cmd_prune.ts";
+import { groupOf, prune, type PruneResult } from "../ops/prune.ts";
+import { summarize } from "../repo/manifest.ts";
 
 const engineOption = () =>
   new Option("--engine <engine>", "pg_dump, or native (parallel COPY from one snapshot)")
@@ -19,6 +21,18 @@ const chunkOption = () =>
   new Option("--chunk-size <size>", "native: split tables larger than this (e.g. 256MB)");
 const resumeOption = () =>
   new Option("--resume", "native: continue the newest incomplete set of the same target");
+const pruneOption = () =>
+  new Option(
+    "--prune",
+    'after a complete backup, prune its group with the config file\'s "prune" policy',
+  );
+const encryptOption = () =>
+  new Option("--encrypt", "encrypt the set (key holders: passphrase, --key-file, --recipient)");
+const recipientOption = () =>
+  new Option(
+    "--recipient <file>",
+    "public key file to encrypt for (repeatable; implies --encrypt); its identity restores",
+  ).argParser(collect).default([] as string[]);
 
 /**
  * zstd:3 by default; the native engine defaults to zstd:1, about twice as fast and still
@@ -46,6 +60,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .addOption(engineOption())
     .addOption(chunkOption())
     .addOption(resumeOption())
+    .addOption(encryptOption())
+    .addOption(recipientOption())
+    .addOption(pruneOption())
     .action(async (database, opts, sub) => {
       await run(sub.optsWithGlobals() as GlobalOptions, opts, {
         kind: "single",
@@ -63,6 +80,9 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     .addOption(engineOption())
     .addOption(chunkOption())
     .addOption(resumeOption())
+    .addOption(encryptOption())
+    .addOption(recipientOption())
+    .addOption(pruneOption())
     .action(async (opts, sub) => {
       await run(sub.optsWithGlobals() as GlobalOptions, opts, {
         kind: "cluster",
@@ -74,12 +94,32 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
   /** Both subcommands: settings, then one backup() call, then the summary and exit code. */
   async function run(
     globals: GlobalOptions,
-    opts: { compression?: string; engine: "pg_dump" | "native"; chunkSize?: string; resume?: true },
+    opts: {
+      compression?: string;
+      engine: "pg_dump" | "native";
+      chunkSize?: string;
+      resume?: true;
+      encrypt?: true;
+      recipient?: string[];
+      prune?: true;
+    },
     what: Pick<BackupOptions, "kind" | "database" | "includes" | "excludes">,
   ): Promise<void> {
-    const ctx = await makeContext(globals, { compression: opts.compression }, cli);
+    const ctx = await makeContext(globals, {
+      compression: opts.compression,
+      encrypt: opts.encrypt,
+      recipient: opts.recipient,
+    }, cli);
+    const keys = ctx.settings.keys;
+    const encryptFor = keys.encrypt || keys.recipient.length > 0
+      ? await loadHolders({ ...keys, env: ctx.env })
+      : undefined;
+    // A --prune without a policy is refused before anything is backed up.
+    const policy = opts.prune ? resolvePolicy({}, ctx.settings.prunePolicy) : undefined;
     await initTarget(ctx, what.database ?? "postgres");
-    if (!ctx.dryRun) await ensureLocalRoot(ctx.repo.location);
+    if (!ctx.dryRun && ctx.repo.storage instanceof LocalStorage) {
+      await ensureLocalRoot(ctx.repo.location);
+    }
     const result = await backup({
       ...what,
       target: ctx.target,
@@ -90,12 +130,40 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
       engine: opts.engine,
       chunkBytes: chunkBytes(opts.chunkSize),
       resume: opts.resume ?? false,
+      encryptFor,
       dryRun: ctx.dryRun,
       reporter: ctx.reporter,
       signal: ctx.signal,
     });
-    printResult(result, ctx.json, ctx.quiet);
-    setExit(exitFor(result));
+    let pruned: PruneResult | undefined;
+    let pruneError: string | undefined;
+    if (policy && result.status === "complete" && result.manifest) {
+      const summary = summarize(result.manifest);
+      try {
+        pruned = await prune({
+          repo: ctx.repo,
+          policy,
+          groups: [groupOf({ id: summary.id, status: summary.status, summary })],
+          dryRun: false,
+          reporter: ctx.reporter,
+          signal: ctx.signal,
+        });
+      } catch (err) {
+        if (ctx.signal.aborted) throw err;
+        pruneError = errorMessage(err);
+        ctx.reporter.event({
+          type: "warning",
+          message: `the backup is complete, but pruning failed: ${pruneError}`,
+        });
+      }
+    }
+    printResult(result, ctx.json, ctx.quiet, pruned, pruneError);
+    setExit(
+      Math.max(
+        exitFor(result),
+        pruneError ? ExitCode.partial : pruned ? pruneExit(pruned) : ExitCode.ok,
+      ),
+    );
   }
   return cmd;
 }
@@ -104,8 +172,15 @@ function exitFor(r: BackupResult): number {
   return r.status === "partial" ? ExitCode.partial : ExitCode.ok;
 }
 
-function printResult(r: BackupResult, json: boolean, quiet: boolean): void {
+function printResult(
+  r: BackupResult,
+  json: boolean,
+  quiet: boolean,
+  pruned?: PruneResult,
+  pruneError?: string,
+): void {
   const p = r.plan;
+  const removed = pruned?.decisions.filter((d) => d.removed).map((d) => d.id) ?? [];
   if (json) {
     writeOut(
       JSON.stringify({
@@ -124,6 +199,11 @@ function printResult(r: BackupResult, json: boolean, quiet: boolean): void {
           : p.databases.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes })),
         globals: r.manifest?.globals?.status,
         skipped: p.skipped,
+        ...(pruned || pruneError
+          ? {
+            prune: { status: pruneError ? "failed" : pruned!.status, removed, error: pruneError },
+          }
+          : {}),
       }) + "\n",
     );
     return;
@@ -140,7 +220,7 @@ function printResult(r: BackupResult, json: boolean, quiet: boolean): void {
   }
   const m = r.manifest!;
   const failed = m.databases.filter((d) => d.status === "failed");
-  if (quiet && failed.length === 0 && m.globals?.status !== "failed") return;
+  if (quiet && failed.length === 0 && m.globals?.status !== "failed" && !pruneError) return;
   const lines = [`backup ${m.id}: ${m.status}`];
   if (m.globals) {
     lines.push(`  globals: ${m.globals.status}${m.globals.error ? ` (${m.globals.error})` : ""}`);
@@ -153,5 +233,14 @@ function printResult(r: BackupResult, json: boolean, quiet: boolean): void {
       }`,
     );
   }
+  if (pruned) {
+    const kept = pruned.decisions.filter((d) => d.keep).length;
+    lines.push(
+      `prune: kept ${kept} set(s) of the group, removed ${removed.length}${
+        removed.length ? ` (${removed.join(", ")})` : ""
+      }`,
+    );
+  }
+  if (pruneError) lines.push(`prune FAILED: ${pruneError}`);
   writeOut(lines.join("\n") + "\n");
 }

@@ -18,15 +18,17 @@ export function listCommand(cli: CliEnv) {
         writeOut(`no backup sets in ${ctx.repo.location}\n`);
         return;
       }
-      const rows = [["ID", "KIND", "ENGINE", "STATUS", "SIZE", "DATABASES"]];
+      const rows = [["ID", "GROUP", "ENGINE", "STATUS", "SIZE", "DATABASES"]];
       for (const s of sets) {
         rows.push([
           s.id,
-          s.kind ?? "-",
+          s.group,
           s.engine ?? "-",
-          s.snapshots && s.snapshots > 1
-            ? `${s.status} (spans ${s.snapshots} snapshots)`
-            : s.status,
+          [
+            s.status,
+            ...(s.snapshots && s.snapshots > 1 ? [`spans ${s.snapshots} snapshots`] : []),
+            ...(s.encrypted ? ["encrypted"] : []),
+          ].join(", "),
           formatBytes(s.bytes),
           s.problem ??
             s.databases.map((d) => d.status === "ok" ? d.name : `${d.name} (FAILED)`).join(", "),

@@ -8,6 +8,7 @@ import {
 } from "../ops/restore.ts";
 import {
   type CliEnv,
+  collect,
   type Context,
   type GlobalOptions,
   initTarget,
@@ -27,6 +28,18 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
     .option("--target <name>", "restore into this database (default: the original name)")
     .option("--create", "create the target database when it does not exist")
     .option("--clean", "replace the objects of a non-empty target (asks, or needs --yes)")
+    .option(
+      "--table <name>",
+      'only this table ("schema.table" or "table"), with its indexes, constraints, triggers and sequences (repeatable)',
+      collect,
+      [] as string[],
+    )
+    .option(
+      "--schema <name>",
+      "only the tables of this schema (repeatable)",
+      collect,
+      [] as string[],
+    )
     .action(async (ref, opts, sub) => {
       await run(sub.optsWithGlobals() as GlobalOptions, opts.target ?? opts.database, {
         ref,
@@ -35,6 +48,8 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
         targetName: opts.target,
         create: opts.create ?? false,
         clean: opts.clean ?? false,
+        tables: opts.table,
+        schemas: opts.schema,
       });
     });
 
@@ -60,7 +75,7 @@ export function restoreCommand(cli: CliEnv, setExit: (code: number) => void) {
     database: string | undefined,
     what: Pick<
       RestoreOptions,
-      "ref" | "kind" | "database" | "targetName" | "create" | "clean"
+      "ref" | "kind" | "database" | "targetName" | "create" | "clean" | "tables" | "schemas"
     >,
   ): Promise<void> {
     const ctx = await makeContext(globals, {}, cli);
@@ -112,6 +127,11 @@ function describePlan(p: RestorePlan): string[] {
     lines.push(
       `  "${d.source}" -> "${d.target}": ${d.action} (${formatBytes(d.file.rawBytes)} archive)`,
     );
+    if (d.selection) {
+      lines.push(
+        `    tables: ${d.selection.tables.map((t) => `${t.schema}.${t.name}`).join(", ")}`,
+      );
+    }
   }
   for (const s of p.skipped) lines.push(`  skip "${s.name}": ${s.reason}`);
   return lines;

@@ -32,6 +32,7 @@ export function verifyCommand(cli: CliEnv, setExit: (code: number) => void) {
           report.ok ? "ok" : "FAILED"
         } (${report.files.length} file(s), set status ${report.status})`,
         ...bad.map((f) => `  ${f.path}: ${f.problem}`),
+        ...(report.note ? [`  note: ${report.note}`] : []),
         ...(report.snapshots && report.snapshots > 1
           ? [`  note: a resumed backup: its data spans ${report.snapshots} snapshots`]
           : []),

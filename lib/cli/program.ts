@@ -5,18 +5,22 @@ import { VERSION } from "../version.ts";
 import { backupCommand } from "./cmd_backup.ts";
 import { exportSqlCommand } from "./cmd_export_sql.ts";
 import { listCommand } from "./cmd_list.ts";
+import { pruneCommand } from "./cmd_prune.ts";
+import { keyCommand } from "./cmd_key.ts";
 import { restoreCommand } from "./cmd_restore.ts";
 import { statusCommand } from "./cmd_status.ts";
 import { verifyCommand } from "./cmd_verify.ts";
-import type { CliEnv } from "./context.ts";
+import { type CliEnv, collect } from "./context.ts";
 
 const EXIT_CODES = `
 Exit codes:
   0    success
   1    failure (nothing usable was produced, or the restore failed)
   2    bad usage (unknown option, invalid value, missing confirmation)
-  3    partial (some databases failed; the others are fine and recorded)
+  3    partial (some parts failed, the others are fine and recorded; or the backup is
+       complete and its --prune failed)
   4    verification failed (a file is missing, truncated or does not match its checksum)
+  5    key error (no key given, or none opens the encrypted set; nothing was written)
   130  interrupted (SIGINT or SIGTERM; nothing incomplete is left looking complete)
 
 Connection settings follow libpq: flags, then PGHOST, PGPORT, PGUSER, PGPASSWORD, PGPASSFILE,
@@ -40,7 +44,25 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
         "mariadb",
       ]),
     )
-    .addOption(new Option("--repo <dir>", "repository folder of backup sets (DBBACKUP_REPO)"))
+    .addOption(
+      new Option(
+        "--repo <dir|s3://bucket/prefix>",
+        "repository of backup sets: a folder, or S3-compatible object storage (DBBACKUP_REPO)",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--s3-endpoint <url>",
+        "S3 endpoint, e.g. https://minio.lan:9000 (AWS_ENDPOINT_URL)",
+      ),
+    )
+    .addOption(new Option("--s3-region <name>", "S3 region (AWS_REGION; default us-east-1)"))
+    .addOption(
+      new Option(
+        "--s3-path-style",
+        "address buckets as <endpoint>/<bucket> (default with --s3-endpoint)",
+      ),
+    )
     .addOption(
       new Option(
         "--config <file>",
@@ -50,6 +72,26 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
     .addOption(new Option("-j, --jobs <n>", "databases/jobs in parallel (default 2)"))
     .addOption(
       new Option("--pg-bin <dir>", "folder with pg_dump/pg_restore/psql (DBBACKUP_PG_BIN)"),
+    )
+    .addOption(
+      new Option(
+        "--passphrase-file <file>",
+        "file (0600) whose first line is the passphrase of encrypted sets (or DBBACKUP_PASSPHRASE)",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--key-file <file>",
+        "key file (0600, 32 bytes) that opens encrypted sets (repeatable)",
+      )
+        .argParser(collect).default([] as string[]),
+    )
+    .addOption(
+      new Option(
+        "--identity <file>",
+        "identity file (0600) that opens sets encrypted for it (repeatable)",
+      )
+        .argParser(collect).default([] as string[]),
     )
     .option("--json", "machine-readable output: JSON events and a summary object")
     .option("-q, --quiet", "print only warnings, errors and failures")
@@ -63,6 +105,8 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
   program.addCommand(listCommand(cli));
   program.addCommand(verifyCommand(cli, setExit));
   program.addCommand(exportSqlCommand(cli));
+  program.addCommand(pruneCommand(cli, setExit));
+  program.addCommand(keyCommand(cli));
   // Subcommands added with addCommand do not inherit these settings: apply them to all.
   const apply = (cmd: Command<unknown[], Record<string, unknown>, Record<string, unknown>>) => {
     cmd.exitOverride();

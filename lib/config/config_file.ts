@@ -16,9 +16,49 @@ export interface FileSettings {
   sslrootcert?: string;
   passfile?: string;
   pgBin?: string;
+  /** The retention policy `prune` and `backup --prune` use when no keep flag is given. */
+  prune?: PrunePolicySettings;
+  /** Encrypt every backup (as --encrypt). */
+  encrypt?: boolean;
+  passphraseFile?: string;
+  keyFile?: string;
+  identity?: string;
+  recipient?: string;
+  /** Object storage (repo "s3://bucket/prefix"). */
+  s3Endpoint?: string;
+  s3Region?: string;
+  s3PathStyle?: boolean;
+  /** Credentials; the file must then be private (mode 0600). AWS_* variables win. */
+  s3AccessKeyId?: string;
+  s3SecretAccessKey?: string;
 }
 
-const keys: Record<keyof FileSettings, "string" | "number"> = {
+/** The config file's "prune" object: the same names as the flags, in camelCase. */
+export interface PrunePolicySettings {
+  keepLast?: number;
+  keepHourly?: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+  keepYearly?: number;
+  keepWithin?: string;
+  grace?: string;
+  timeZone?: string;
+}
+
+const pruneKeys: Record<keyof PrunePolicySettings, "string" | "number"> = {
+  keepLast: "number",
+  keepHourly: "number",
+  keepDaily: "number",
+  keepWeekly: "number",
+  keepMonthly: "number",
+  keepYearly: "number",
+  keepWithin: "string",
+  grace: "string",
+  timeZone: "string",
+};
+
+const keys: Record<keyof FileSettings, "string" | "number" | "object" | "boolean"> = {
   host: "string",
   port: "number",
   user: "string",
@@ -30,6 +70,17 @@ const keys: Record<keyof FileSettings, "string" | "number"> = {
   sslrootcert: "string",
   passfile: "string",
   pgBin: "string",
+  prune: "object",
+  encrypt: "boolean",
+  passphraseFile: "string",
+  keyFile: "string",
+  identity: "string",
+  recipient: "string",
+  s3Endpoint: "string",
+  s3Region: "string",
+  s3PathStyle: "boolean",
+  s3AccessKeyId: "string",
+  s3SecretAccessKey: "string",
 };
 
 /** The config files looked for when --config is not given, first found wins. */
@@ -70,13 +121,34 @@ export function parseConfigFile(text: string, path: string): FileSettings {
         `config file ${path}: unknown key "${key}" (known: ${Object.keys(keys).join(", ")})`,
       );
     }
-    const actual = typeof value;
+    const actual = value === null || Array.isArray(value) ? "other" : typeof value;
     if (actual !== type) {
       throw new DbBackupError("config", `config file ${path}: "${key}" must be a ${type}`);
     }
+    if (key === "prune") checkKeys(value as Record<string, unknown>, pruneKeys, `${path}: "prune"`);
     out[key] = value;
   }
   return out as FileSettings;
+}
+
+function checkKeys(
+  obj: Record<string, unknown>,
+  known: Record<string, "string" | "number">,
+  where: string,
+): void {
+  for (const [key, value] of Object.entries(obj)) {
+    const type = known[key];
+    if (!type) {
+      throw new DbBackupError(
+        "config",
+        `config file ${where}: unknown key "${key}" (known: ${Object.keys(known).join(", ")})`,
+      );
+    }
+    const actual = typeof value;
+    if (actual !== type) {
+      throw new DbBackupError("config", `config file ${where}: "${key}" must be a ${type}`);
+    }
+  }
 }
 
 /** Loads the first config file that exists; `explicit` (from --config) must exist. */
@@ -96,7 +168,19 @@ export async function loadConfigFile(
       }
       throw new DbBackupError("config", `cannot read config file ${path}: ${err}`);
     }
-    return { path, settings: parseConfigFile(text, path) };
+    const settings = parseConfigFile(text, path);
+    if (settings.s3SecretAccessKey !== undefined) {
+      const mode = (await Deno.stat(path)).mode;
+      if (mode !== null && (mode & 0o077) !== 0) {
+        throw new DbBackupError(
+          "config",
+          `config file ${path} holds "s3SecretAccessKey" but others can read it (mode ${
+            (mode & 0o777).toString(8)
+          }): run chmod 600 ${path}, or use AWS_SECRET_ACCESS_KEY`,
+        );
+      }
+    }
+    return { path, settings };
   }
   return { settings: {} };
 }

@@ -5,7 +5,7 @@
 import { userInfo } from "node:os";
 import { DbBackupError, UsageError } from "../errors.ts";
 import { type Compression, DEFAULT_COMPRESSION, parseCompression } from "../pipeline/compress.ts";
-import { loadConfigFile } from "./config_file.ts";
+import { loadConfigFile, type PrunePolicySettings } from "./config_file.ts";
 import { defaultPgpassPath, findPgpassPassword, readPgpassFile } from "./pgpass.ts";
 import { Secret } from "./secret.ts";
 
@@ -37,6 +37,25 @@ export interface Settings {
   jobs: Setting<number>;
   compression: Setting<Compression>;
   pgBin?: Setting<string>;
+  /** The config file's retention policy, if it has one. */
+  prunePolicy?: PrunePolicySettings;
+  /** Object storage, when `repo` is "s3://bucket/prefix". */
+  s3: {
+    endpoint?: Setting<string>;
+    region?: Setting<string>;
+    pathStyle?: boolean;
+    /** From the config file only (AWS_* variables are read where the storage is opened). */
+    accessKeyId?: string;
+    secretAccessKey?: Secret;
+  };
+  /** Key material: flags, else the config file (paths only; secrets stay in those files). */
+  keys: {
+    encrypt: boolean;
+    passphraseFile?: string;
+    keyFile: string[];
+    identity: string[];
+    recipient: string[];
+  };
   configFile?: string;
 }
 
@@ -51,6 +70,14 @@ export interface FlagValues {
   jobs?: string;
   compression?: string;
   pgBin?: string;
+  passphraseFile?: string;
+  keyFile?: string[];
+  identity?: string[];
+  recipient?: string[];
+  encrypt?: boolean;
+  s3Endpoint?: string;
+  s3Region?: string;
+  s3PathStyle?: boolean;
 }
 
 export type Env = Record<string, string | undefined>;
@@ -125,6 +152,35 @@ export async function resolveSettings(flags: FlagValues, env: Env): Promise<Sett
     jobs,
     compression,
     pgBin,
+    prunePolicy: cfg.prune,
+    s3: {
+      endpoint: pick(
+        flags.s3Endpoint,
+        "--s3-endpoint",
+        ["DBBACKUP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        cfg.s3Endpoint,
+        text,
+      ),
+      region: pick(
+        flags.s3Region,
+        "--s3-region",
+        ["AWS_REGION", "AWS_DEFAULT_REGION"],
+        cfg.s3Region,
+        text,
+      ),
+      pathStyle: flags.s3PathStyle ?? cfg.s3PathStyle,
+      accessKeyId: cfg.s3AccessKeyId,
+      secretAccessKey: cfg.s3SecretAccessKey === undefined
+        ? undefined
+        : new Secret(cfg.s3SecretAccessKey),
+    },
+    keys: {
+      encrypt: flags.encrypt ?? cfg.encrypt ?? false,
+      passphraseFile: flags.passphraseFile ?? cfg.passphraseFile,
+      keyFile: flags.keyFile?.length ? flags.keyFile : cfg.keyFile ? [cfg.keyFile] : [],
+      identity: flags.identity?.length ? flags.identity : cfg.identity ? [cfg.identity] : [],
+      recipient: flags.recipient?.length ? flags.recipient : cfg.recipient ? [cfg.recipient] : [],
+    },
     configFile: file.path,
   });
 }

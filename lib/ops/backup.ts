@@ -26,6 +26,8 @@ import { dumpDatabaseNative } from "../engine/pg/native_dump.ts";
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from "../repo/manifest.ts";
 import { overallStatus, type Repository, type SetWriter } from "../repo/repository.ts";
 import { slug } from "../repo/set_id.ts";
+import { acquireLock, type HeldLock } from "../repo/lock.ts";
+import type { KeyHolder } from "../crypto/keys.ts";
 import { selectDatabases } from "../plan/select.ts";
 import { VERSION } from "../version.ts";
 import { mapPool } from "./_pool.ts";
@@ -48,6 +50,8 @@ export interface BackupOptions {
   chunkBytes: number;
   /** Continue the newest incomplete set of the same target (native engine). */
   resume: boolean;
+  /** Encrypt the set, its data key wrapped for each of these holders. */
+  encryptFor?: KeyHolder[];
   dryRun: boolean;
   reporter: Reporter;
   signal?: AbortSignal;
@@ -76,7 +80,26 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   }
   const plan = await planBackup(opts);
   if (opts.dryRun) return { status: "dry-run", plan };
-  const set = await claimSet(opts, plan);
+  // A prune waits until this backup's set is published; the set itself is held exclusively,
+  // so a concurrent --resume cannot pick it up while it is being written.
+  const repoLock = await acquireLock(opts.repo.storage, "repo", "shared", `backup ${opts.kind}`);
+  try {
+    const { set, lock } = await claimSet(opts, plan);
+    try {
+      return await backupInto(opts, plan, set);
+    } finally {
+      await lock.release().catch(() => {});
+    }
+  } finally {
+    await repoLock.release().catch(() => {});
+  }
+}
+
+async function backupInto(
+  opts: BackupOptions,
+  plan: BackupPlan,
+  set: SetWriter,
+): Promise<BackupResult> {
   opts.reporter.event({
     type: "start",
     operation: `backup ${opts.kind}`,
@@ -113,9 +136,16 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   }
 }
 
-/** A new set, or with --resume the newest incomplete set of the same kind and target. */
-async function claimSet(opts: BackupOptions, plan: BackupPlan): Promise<SetWriter> {
+/**
+ * A new set, or with --resume the newest incomplete set of the same kind and target, locked
+ * exclusively. A resumed set loses the temporary files of the run that was killed.
+ */
+async function claimSet(
+  opts: BackupOptions,
+  plan: BackupPlan,
+): Promise<{ set: SetWriter; lock: HeldLock }> {
   const name = label(opts, plan);
+  const purpose = `backup ${opts.kind} ${opts.resume ? "--resume" : ""}`.trim();
   if (opts.resume) {
     // `<time>-<kind>-<label>`, with `-<n>` when two sets were claimed in the same second. The
     // label itself may end in digits ("local-123456", "shop-2"): it must match as a whole.
@@ -127,15 +157,60 @@ async function claimSet(opts: BackupOptions, plan: BackupPlan): Promise<SetWrite
     );
     const last = candidates.at(-1);
     if (last) {
-      opts.reporter.event({ type: "step", message: `resuming the incomplete set ${last.id}` });
-      return await opts.repo.reopenSet(last.id);
+      // Fails with "locked" when another run is writing (or resuming) this set right now.
+      const lock = await acquireLock(opts.repo.storage, `set:${last.id}`, "exclusive", purpose);
+      try {
+        opts.reporter.event({ type: "step", message: `resuming the incomplete set ${last.id}` });
+        const set = await opts.repo.reopenSet(last.id);
+        let encrypted: boolean;
+        try {
+          encrypted = await set.resumeEncryption(opts.repo.openers);
+        } catch (err) {
+          throw new DbBackupError(
+            "key",
+            `cannot resume ${last.id}: it is encrypted and ${
+              errorMessage(err)
+            } (a recipient public key cannot open it: start a new backup instead)`,
+          );
+        }
+        if (opts.encryptFor && !encrypted) {
+          throw new DbBackupError(
+            "refused",
+            `cannot resume ${last.id} with encryption: it was started unencrypted; resume it without --encrypt or start a new backup`,
+          );
+        }
+        const removed = await set.removeTemporaries();
+        if (removed > 0) {
+          opts.reporter.event({
+            type: "step",
+            message: `removed ${removed} unfinished file(s) of the interrupted run`,
+          });
+        }
+        return { set, lock };
+      } catch (err) {
+        await lock.release().catch(() => {});
+        throw err;
+      }
     }
     opts.reporter.event({
       type: "step",
       message: "no incomplete set to resume: starting a new one",
     });
   }
-  return await opts.repo.createSet(opts.kind, name);
+  const set = await opts.repo.createSet(opts.kind, name);
+  try {
+    const lock = await acquireLock(opts.repo.storage, `set:${set.id}`, "exclusive", purpose);
+    try {
+      if (opts.encryptFor) await set.encryptFor(opts.encryptFor);
+    } catch (err) {
+      await lock.release().catch(() => {});
+      throw err;
+    }
+    return { set, lock };
+  } catch (err) {
+    await set.discard().catch(() => {});
+    throw err;
+  }
 }
 
 /** Phase 1: what the server has and what will be dumped; changes nothing. */

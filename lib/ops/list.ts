@@ -1,16 +1,19 @@
 /** `list`: every set in the repository with its status, databases, sizes and times. */
-import { type Manifest, manifestFiles } from "../repo/manifest.ts";
+import type { Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
+import { groupOf } from "./prune.ts";
 
 export interface SetSummary {
   id: string;
+  /** What the set backs up; prune keeps or removes within each group. */
+  group: string;
   kind?: string;
   status: string;
   engine?: string;
   databases: { name: string; status: string; error?: string }[];
-  /** Stored (compressed) bytes of all files. */
+  /** Stored (compressed, maybe encrypted) bytes of all files. */
   bytes?: number;
-  rawBytes?: number;
+  encrypted?: boolean;
   startedAt?: string;
   finishedAt?: string;
   server?: string;
@@ -28,21 +31,22 @@ export function snapshotCount(m: Manifest): number | undefined {
 export async function list(repo: Repository): Promise<SetSummary[]> {
   const sets = await repo.listSets();
   return sets.map((s) => {
-    const m = s.manifest;
-    if (!m) return { id: s.id, status: s.status, databases: [], problem: s.problem };
-    const files = manifestFiles(m);
+    const m = s.summary;
+    const group = groupOf(s);
+    if (!m) return { id: s.id, group, status: s.status, databases: [], problem: s.problem };
     return {
       id: s.id,
+      group,
       kind: m.kind,
       status: s.status,
       engine: m.engine,
-      databases: m.databases.map((d) => ({ name: d.name, status: d.status, error: d.error })),
-      bytes: files.reduce((n, f) => n + f.bytes, 0),
-      rawBytes: files.reduce((n, f) => n + f.rawBytes, 0),
+      encrypted: m.encrypted,
+      databases: m.databases,
+      bytes: m.bytes,
       startedAt: m.startedAt,
       finishedAt: m.finishedAt,
       server: `${m.server.host}:${m.server.port} (PostgreSQL ${m.server.version})`,
-      snapshots: snapshotCount(m),
+      snapshots: m.snapshots,
     };
   });
 }

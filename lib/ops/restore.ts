@@ -6,8 +6,15 @@
 import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
-import { restoreArchive, restoreGlobalsScript } from "../engine/pg/pg_restore.ts";
+import { restoreArchive, restoreGlobalsScript, withListFile } from "../engine/pg/pg_restore.ts";
 import { restoreDatabaseNative } from "../engine/pg/native_restore.ts";
+import {
+  readArchiveToc,
+  schemasNeeded,
+  selectForTables,
+  type TableRef,
+  tocListFile,
+} from "../engine/pg/archive_toc.ts";
 import { findTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord, Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
@@ -27,6 +34,9 @@ export interface RestoreOptions {
   targetName?: string;
   create: boolean;
   clean: boolean;
+  /** Single restore: only these tables ("schema.table" or "table") and these schemas' tables. */
+  tables?: string[];
+  schemas?: string[];
   jobs: number;
   pgBin?: string;
   dryRun: boolean;
@@ -48,7 +58,11 @@ export type DatabaseAction =
   /** Cluster restore with --clean: pg_restore drops and recreates the whole database. */
   | "drop-and-create"
   /** Native single restore with --clean: the database is dropped and created empty again. */
-  | "recreate";
+  | "recreate"
+  /** --table/--schema: the chosen tables go into the existing target next to what it holds. */
+  | "add-tables"
+  /** --table/--schema with --clean: chosen tables that exist are dropped and restored. */
+  | "replace-tables";
 
 export interface PlannedDatabase {
   source: string;
@@ -61,6 +75,19 @@ export interface PlannedDatabase {
   /** Every file the restore reads. */
   files: FileRecord[];
   record: DatabaseRecord;
+  /** --table/--schema: the archive entries to restore, and the tables they hold. */
+  selection?: PlannedSelection;
+}
+
+export interface PlannedSelection {
+  tables: TableRef[];
+  /** pg_restore -L list of the chosen archive entries. */
+  list: string;
+  notes: string[];
+  /** Schemas the restore writes into (created when the target lacks them). */
+  schemas: string[];
+  /** Chosen tables that exist in the target now (replaced with --clean). */
+  existing: TableRef[];
 }
 
 export interface RestorePlan {
@@ -84,6 +111,11 @@ export interface RestoreResult {
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const plan = await planRestore(opts);
+  for (const d of plan.databases) {
+    for (const message of d.selection?.notes ?? []) {
+      opts.reporter.event({ type: "warning", message });
+    }
+  }
   const snapshots = snapshotCount(plan.manifest);
   if (snapshots && snapshots > 1) {
     opts.reporter.event({
@@ -95,10 +127,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (opts.dryRun) return { plan, status: "dry-run", parts: [] };
   await verifyBeforeRestore(opts, plan);
   const destructive = plan.databases.filter((d) =>
-    d.action === "clean" || d.action === "drop-and-create" || d.action === "recreate"
+    d.action === "clean" || d.action === "drop-and-create" || d.action === "recreate" ||
+    d.action === "replace-tables"
   ).map((d) =>
     d.action === "clean"
       ? `replace objects in database "${d.target}" (${d.existingObjects} objects now)`
+      : d.action === "replace-tables"
+      ? `drop and restore ${d.selection!.existing.length} table(s) in database "${d.target}" (${
+        d.selection!.existing.map((t) => `${t.schema}.${t.name}`).join(", ")
+      })`
       : `drop and recreate database "${d.target}" (${d.existingObjects} objects now)`
   );
   if (destructive.length > 0) await opts.confirmDestructive?.(plan, destructive);
@@ -165,6 +202,10 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
     },
   );
 
+  const filtered = (opts.tables?.length ?? 0) + (opts.schemas?.length ?? 0) > 0;
+  if (filtered && opts.kind !== "single") {
+    throw new DbBackupError("usage", "--table and --schema work with restore single only");
+  }
   const databases: PlannedDatabase[] = [];
   for (const rec of chosen) {
     const target = opts.kind === "single" ? opts.targetName ?? rec.name : rec.name;
@@ -173,6 +214,10 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
       f.content === (native ? "pg_dump-custom-schema" : "pg_dump-custom")
     );
     if (!file) throw new DbBackupError("verification", `${action}: "${rec.name}" has no archive`);
+    if (filtered) {
+      databases.push(await planTables(opts, id, rec, file, target, existing.has(target), action));
+      continue;
+    }
     let existingObjects = 0;
     let act: DatabaseAction;
     if (!existing.has(target)) {
@@ -234,6 +279,113 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
   };
 }
 
+/**
+ * --table/--schema: reads the archive's table of contents, chooses the entries, and checks
+ * which chosen tables (and trigger functions) the target already has.
+ */
+async function planTables(
+  opts: RestoreOptions,
+  setId: string,
+  rec: DatabaseRecord,
+  file: FileRecord,
+  target: string,
+  targetExists: boolean,
+  action: string,
+): Promise<PlannedDatabase> {
+  const toc = await readArchiveToc(
+    await opts.repo.openFile(setId, file),
+    `${setId}/${file.path}`,
+  );
+  // The target's tables: chosen ones that exist are refused or replaced; foreign keys of chosen
+  // tables to ones the target keeps are restored.
+  const targetTables: TableRef[] = targetExists
+    ? await opts.target.withSql(
+      target,
+      `${action}: cannot inspect database "${target}"`,
+      async (sql) =>
+        (await sql<{ schema: string; name: string }[]>`
+          SELECT n.nspname AS schema, c.relname AS name
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')`).map((r) => ({
+          schema: r.schema,
+          name: r.name,
+        })),
+    )
+    : [];
+  if (!targetExists && !opts.create) {
+    throw new DbBackupError(
+      "refused",
+      `${action}: database "${target}" does not exist at ${opts.target.endpoint}; add --create to create it`,
+    );
+  }
+  const selection = selectForTables(toc, {
+    tables: opts.tables ?? [],
+    schemas: opts.schemas ?? [],
+    present: targetTables,
+    dataElsewhere: rec.native?.tables.map((t) => ({ schema: t.schema, name: t.name })) ?? [],
+  });
+  const same = (a: TableRef, b: TableRef) => a.schema === b.schema && a.name === b.name;
+  const existing = selection.tables.filter((t) => targetTables.some((x) => same(x, t)));
+  if (existing.length > 0 && !opts.clean) {
+    throw new DbBackupError(
+      "refused",
+      `${action}: database "${target}" already has ${
+        existing.map((t) => `${t.schema}.${t.name}`).join(", ")
+      }; add --clean to drop and restore them`,
+    );
+  }
+  // Trigger functions the target has already are used as they are, not created again.
+  const presentFunctions = new Set<number>();
+  if (targetExists && selection.functions.length > 0) {
+    await opts.target.withSql(
+      target,
+      `${action}: cannot inspect database "${target}"`,
+      async (sql) => {
+        for (const f of selection.functions) {
+          const name = `${quoteIdent(f.schema)}.${f.signature}`;
+          const [r] = await sql<{ found: boolean }[]>`
+            SELECT to_regprocedure(${name}) IS NOT NULL AS found`;
+          if (r.found) presentFunctions.add(f.dumpId);
+        }
+      },
+    );
+  }
+  const ids = new Set([...selection.dumpIds].filter((id) => !presentFunctions.has(id)));
+  const kept = selection.functions.filter((f) => presentFunctions.has(f.dumpId));
+  const notes = selection.notes.filter((n) =>
+    !kept.some((f) => n.startsWith("restoring function ") && n.includes(`.${f.signature} too`))
+  );
+  if (kept.length > 0) {
+    notes.push(
+      `kept ${kept.length} trigger function(s) the target already has: ${
+        kept.map((f) => `${f.schema}.${f.signature}`).join(", ")
+      }`,
+    );
+  }
+  return {
+    source: rec.name,
+    target,
+    action: !targetExists ? "create" : existing.length > 0 ? "replace-tables" : "add-tables",
+    existingObjects: existing.length,
+    file,
+    files: rec.files.filter((f) =>
+      f === file ||
+      rec.native?.tables.some((t) =>
+        selection.tables.some((s) => s.schema === t.schema && s.name === t.name) &&
+        t.chunks.some((c) => c.path === f.path)
+      )
+    ),
+    record: rec,
+    selection: {
+      tables: selection.tables,
+      list: tocListFile(toc, ids),
+      notes,
+      schemas: schemasNeeded(selection),
+      existing,
+    },
+  };
+}
+
 /** Every file the plan reads must match its manifest before anything is changed. */
 async function verifyBeforeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<void> {
   const files = [
@@ -288,6 +440,15 @@ async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<
   // A cluster restore runs databases in parallel, each with one job; a single restore gives
   // all jobs to pg_restore.
   const perDatabaseJobs = plan.kind === "single" ? opts.jobs : 1;
+  if (perDatabaseJobs > 1 && !spoolAllowed(opts, plan)) {
+    opts.reporter.event({
+      type: "step",
+      message:
+        `pg_restore runs with one job: a parallel pg_restore needs the archive as a plaintext file on local disk, and this set is ${
+          plan.manifest.encryption ? "encrypted" : "in object storage"
+        }`,
+    });
+  }
   const results = await mapPool(
     plan.databases,
     plan.kind === "single" ? 1 : opts.jobs,
@@ -325,6 +486,20 @@ async function restoreDatabase(
   });
   if (db.action === "recreate") await dropDatabase(opts.target, db.target);
   if (db.action === "create" || db.action === "recreate") await createDatabase(opts.target, db);
+  if (db.selection) {
+    const selection = db.selection;
+    try {
+      await createSchemas(opts.target, db.target, selection.schemas);
+      await withListFile(
+        selection.list,
+        (listFile) => restoreTables(opts, plan, db, pgRestore, jobs, listFile),
+      );
+    } catch (err) {
+      if (db.action === "create") await dropDatabase(opts.target, db.target).catch(() => {});
+      throw err;
+    }
+    return;
+  }
   const fromArchive = db.action === "create-from-archive" || db.action === "drop-and-create";
   if (plan.manifest.engine === "native") {
     try {
@@ -337,6 +512,7 @@ async function restoreDatabase(
         createFromArchive: fromArchive,
         dropFirst: db.action === "drop-and-create",
         jobs,
+        spool: spoolAllowed(opts, plan),
         pgRestore,
         reporter: opts.reporter,
         signal: opts.signal,
@@ -357,6 +533,7 @@ async function restoreDatabase(
     await restoreArchive(pgRestore, opts.target, input, {
       database: fromArchive ? "postgres" : db.target,
       jobs,
+      spool: spoolAllowed(opts, plan),
       clean: db.action === "clean" || db.action === "drop-and-create",
       create: fromArchive,
       signal: opts.signal,
@@ -369,6 +546,66 @@ async function restoreDatabase(
     }
     throw err;
   }
+}
+
+/** --table/--schema: the chosen entries of the archive, and for the native engine their chunks. */
+async function restoreTables(
+  opts: RestoreOptions,
+  plan: RestorePlan,
+  db: PlannedDatabase,
+  pgRestore: Awaited<ReturnType<typeof findTool>>,
+  jobs: number,
+  listFile: string,
+): Promise<void> {
+  const clean = db.action === "replace-tables";
+  if (plan.manifest.engine === "native") {
+    await restoreDatabaseNative({
+      target: opts.target,
+      repo: opts.repo,
+      setId: plan.setId,
+      record: db.record,
+      database: db.target,
+      createFromArchive: false,
+      dropFirst: false,
+      jobs,
+      spool: spoolAllowed(opts, plan),
+      only: { tables: db.selection!.tables, listFile, clean },
+      pgRestore,
+      reporter: opts.reporter,
+      signal: opts.signal,
+    });
+    return;
+  }
+  // One job, hence one transaction: a failure (e.g. a table that cannot be dropped because
+  // another one references it) leaves the target as it was.
+  await restoreArchive(pgRestore, opts.target, await opts.repo.openFile(plan.setId, db.file), {
+    database: db.target,
+    jobs: 1,
+    clean,
+    create: false,
+    listFile,
+    signal: opts.signal,
+    describe: `pg_restore of ${
+      db.selection!.tables.length
+    } table(s) of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
+  });
+}
+
+/** Creates the schemas a table restore writes into when the target lacks them. */
+async function createSchemas(target: PgTarget, database: string, schemas: string[]): Promise<void> {
+  if (schemas.length === 0) return;
+  await target.withSql(
+    database,
+    `cannot create schemas in database "${database}" at ${target.endpoint}`,
+    async (sql) => {
+      for (const s of schemas) await sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(s)}`);
+    },
+  );
+}
+
+/** Parallel pg_restore spools a plaintext archive: only for unencrypted sets on local disk. */
+function spoolAllowed(opts: RestoreOptions, plan: RestorePlan): boolean {
+  return !plan.manifest.encryption && opts.repo.storage.features.directories;
 }
 
 async function dropDatabase(target: PgTarget, name: string): Promise<void> {

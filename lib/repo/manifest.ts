@@ -4,6 +4,7 @@
  */
 import { DbBackupError } from "../errors.ts";
 import type { CompressionAlgorithm } from "../pipeline/compress.ts";
+import type { KeySlot } from "../crypto/keys.ts";
 
 export const MANIFEST_FILE = "manifest.json";
 export const MANIFEST_FORMAT = "dbbackup-manifest";
@@ -26,6 +27,8 @@ export interface FileRecord {
   /** Size and sha256 of the data before compression. */
   rawBytes: number;
   rawSha256: string;
+  /** Encrypted after compression (see `Manifest.encryption`); `bytes`/`sha256` are stored bytes. */
+  encrypted?: boolean;
 }
 
 export interface DatabaseRecord {
@@ -110,6 +113,69 @@ export interface Manifest {
   restore: { format: "custom"; includes: string[]; excludes: string[] };
   globals?: GlobalsRecord;
   databases: DatabaseRecord[];
+  /** Present when the set is encrypted: how, and the data key wrapped for each key holder. */
+  encryption?: EncryptionRecord;
+}
+
+export interface EncryptionRecord {
+  /** Stream format of every data file and of the sealed manifest (lib/crypto/stream.ts). */
+  format: "dbbkenc1";
+  cipher: "chacha20-poly1305";
+  /** The set's data key, wrapped for each key holder. More can be added with `key rekey`. */
+  slots: KeySlot[];
+}
+
+/**
+ * What `list` and `prune` need, readable without a key. An encrypted set's manifest.json holds
+ * only this, the encryption record, the stored files' sizes and checksums (of ciphertext), and
+ * the whole manifest sealed with the set's data key.
+ */
+export interface ManifestSummary {
+  id: string;
+  kind: SetKind;
+  engine: Engine;
+  status: SetStatus;
+  startedAt: string;
+  finishedAt: string;
+  server: { version: string; host: string; port: number };
+  databases: { name: string; status: PartStatus; error?: string }[];
+  globals?: { status: PartStatus; error?: string };
+  /** Stored bytes of all files. */
+  bytes: number;
+  /** Native engine: the snapshots the data spans (2 or more after a resumed backup). */
+  snapshots?: number;
+  encrypted: boolean;
+}
+
+/** The on-disk manifest of an encrypted set. */
+export interface SealedManifest {
+  format: typeof MANIFEST_FORMAT;
+  formatVersion: number;
+  id: string;
+  summary: ManifestSummary;
+  encryption: EncryptionRecord;
+  /** Every stored file: checkable without the key. */
+  storedFiles: { path: string; bytes: number; sha256: string }[];
+  /** base64 of the full manifest, sealed with the data key for the path "manifest.json". */
+  sealed: string;
+}
+
+export function summarize(m: Manifest): ManifestSummary {
+  const counts = m.databases.map((d) => d.native?.snapshots.length ?? 0);
+  return {
+    id: m.id,
+    kind: m.kind,
+    engine: m.engine,
+    status: m.status,
+    startedAt: m.startedAt,
+    finishedAt: m.finishedAt,
+    server: { version: m.server.version, host: m.server.host, port: m.server.port },
+    databases: m.databases.map((d) => ({ name: d.name, status: d.status, error: d.error })),
+    globals: m.globals ? { status: m.globals.status, error: m.globals.error } : undefined,
+    bytes: manifestFiles(m).reduce((n, f) => n + f.bytes, 0),
+    snapshots: m.engine === "native" ? Math.max(1, ...counts) : undefined,
+    encrypted: m.encryption !== undefined,
+  };
 }
 
 /** Every file the manifest lists. */
@@ -117,26 +183,103 @@ export function manifestFiles(m: Manifest): FileRecord[] {
   return [...(m.globals?.files ?? []), ...m.databases.flatMap((d) => d.files)];
 }
 
-/** Parses and checks a manifest; throws a "verification" error naming what is wrong. */
-export function parseManifest(text: string, where: string): Manifest {
-  let data: unknown;
+/** A stored manifest: the full one, or an encrypted set's public part with the sealed rest. */
+export type StoredManifest =
+  | { sealed: false; manifest: Manifest; summary: ManifestSummary }
+  | { sealed: true; manifest: SealedManifest; summary: ManifestSummary };
+
+/** Parses manifest.json in either form; throws a "verification" error naming what is wrong. */
+export function parseStoredManifest(text: string, where: string): StoredManifest {
+  const data = parseJson(text, where);
+  if (typeof data === "object" && data !== null && "sealed" in data) {
+    const m = data as Partial<SealedManifest>;
+    const bad = badManifest(where);
+    checkHeader(m, where);
+    if (
+      typeof m.id !== "string" || typeof m.sealed !== "string" || typeof m.summary !== "object" ||
+      m.summary === null || !Array.isArray(m.summary.databases) ||
+      typeof m.encryption !== "object" || m.encryption === null ||
+      !Array.isArray(m.encryption.slots) || !Array.isArray(m.storedFiles)
+    ) {
+      throw bad("an encrypted manifest lacks its summary, key slots, file list or sealed part");
+    }
+    for (const f of m.storedFiles) checkFileEntry(f, where);
+    const manifest = m as SealedManifest;
+    return { sealed: true, manifest, summary: { ...manifest.summary, id: manifest.id } };
+  }
+  const manifest = checkManifest(data, where);
+  return { sealed: false, manifest, summary: summarize(manifest) };
+}
+
+/** Serialises a manifest; an encrypted one as its public part plus `sealed` (base64). */
+export function sealedManifestJson(m: Manifest, sealed: Uint8Array): string {
+  if (!m.encryption) throw new Error("sealedManifestJson: the manifest has no encryption record");
+  const out: SealedManifest = {
+    format: m.format,
+    formatVersion: m.formatVersion,
+    id: m.id,
+    summary: summarize(m),
+    encryption: m.encryption,
+    storedFiles: manifestFiles(m).map((f) => ({ path: f.path, bytes: f.bytes, sha256: f.sha256 })),
+    sealed: base64(sealed),
+  };
+  return JSON.stringify(out, null, 2) + "\n";
+}
+
+function base64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function parseJson(text: string, where: string): unknown {
   try {
-    data = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw new DbBackupError(
       "verification",
       `manifest ${where} is not valid JSON: ${(err as Error).message}`,
     );
   }
-  const m = data as Partial<Manifest>;
-  const bad = (what: string) =>
+}
+
+function badManifest(where: string) {
+  return (what: string) =>
     new DbBackupError("verification", `manifest ${where} is invalid: ${what}`);
+}
+
+function checkHeader(m: { format?: unknown; formatVersion?: unknown } | null, where: string) {
+  const bad = badManifest(where);
   if (typeof m !== "object" || m === null || m.format !== MANIFEST_FORMAT) {
     throw bad(`format is not "${MANIFEST_FORMAT}"`);
   }
   if (typeof m.formatVersion !== "number" || m.formatVersion > MANIFEST_VERSION) {
     throw bad(`format version ${m.formatVersion} is not supported by this dbbackup`);
   }
+}
+
+function checkFileEntry(f: unknown, where: string): void {
+  const e = f as Partial<FileRecord> | null;
+  if (
+    typeof e !== "object" || e === null ||
+    typeof e.path !== "string" || e.path.includes("..") || e.path.startsWith("/") ||
+    typeof e.sha256 !== "string" || typeof e.bytes !== "number"
+  ) {
+    throw badManifest(where)(`file entry ${JSON.stringify(e?.path)} is malformed`);
+  }
+}
+
+/** Parses and checks a full (plain or unsealed) manifest. */
+export function parseManifest(text: string, where: string): Manifest {
+  return checkManifest(parseJson(text, where), where);
+}
+
+function checkManifest(data: unknown, where: string): Manifest {
+  const m = data as Partial<Manifest>;
+  const bad = badManifest(where);
+  checkHeader(m, where);
   if (typeof m.id !== "string" || !Array.isArray(m.databases)) throw bad("missing id or databases");
   if (m.kind !== "single" && m.kind !== "cluster") throw bad(`unknown kind ${m.kind}`);
   // Each part must hold a file list, or manifestFiles() below would fail with a TypeError.
@@ -145,14 +288,6 @@ export function parseManifest(text: string, where: string): Manifest {
       throw bad("a database or globals entry has no file list");
     }
   }
-  for (const f of manifestFiles(m as Manifest)) {
-    if (
-      typeof f !== "object" || f === null ||
-      typeof f.path !== "string" || f.path.includes("..") || f.path.startsWith("/") ||
-      typeof f.sha256 !== "string" || typeof f.bytes !== "number"
-    ) {
-      throw bad(`file entry ${JSON.stringify(f?.path)} is malformed`);
-    }
-  }
+  for (const f of manifestFiles(m as Manifest)) checkFileEntry(f, where);
   return m as Manifest;
 }

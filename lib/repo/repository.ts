@@ -12,30 +12,57 @@ import {
 } from "../pipeline/compress.ts";
 import type { Storage } from "../storage/storage.ts";
 import {
+  decryptStream,
+  encryptStream,
+  type KeyHolder,
+  type KeyOpener,
+  type KeySlot,
+  openBytes,
+  sealBytes,
+  unwrapKey,
+  wrapKey,
+} from "../crypto/mod.ts";
+import { generateDataKey } from "../crypto/keys.ts";
+import {
+  type EncryptionRecord,
   type FileRecord,
   type Manifest,
   MANIFEST_FILE,
+  type ManifestSummary,
   parseManifest,
+  parseStoredManifest,
   type PartStatus,
+  sealedManifestJson,
   type SetStatus,
+  type StoredManifest,
 } from "./manifest.ts";
 import { isSetId, setId } from "./set_id.ts";
 
 /** Folder of a set holding resume records while the backup runs. */
 export const STATE_DIR = "state";
+/** Folder of a set holding key slots added after the backup (`key rekey`). */
+export const KEYS_DIR = "keys";
+/** Suffix of encrypted files. */
+export const ENCRYPTED_SUFFIX = ".enc";
+const ENCRYPTION_STATE = "encryption";
 
 export type ListedStatus = SetStatus | "incomplete" | "invalid";
 
 export interface ListedSet {
   id: string;
   status: ListedStatus;
-  manifest?: Manifest;
+  /** Readable without a key, also for encrypted sets. */
+  summary?: ManifestSummary;
   /** Why a set is invalid. */
   problem?: string;
 }
 
 export class Repository {
-  constructor(readonly storage: Storage) {}
+  /** Data keys of encrypted sets opened so far, by set id. */
+  readonly #dataKeys = new Map<string, Uint8Array>();
+
+  /** `openers`: what may open encrypted sets (passphrase, key files, identities). */
+  constructor(readonly storage: Storage, readonly openers: readonly KeyOpener[] = []) {}
 
   get location(): string {
     return this.storage.location;
@@ -83,8 +110,8 @@ export class Repository {
 
   async #describe(id: string): Promise<ListedSet> {
     try {
-      const manifest = await this.readManifest(id);
-      return { id, status: manifest.status, manifest };
+      const { summary } = await this.readStoredManifest(id);
+      return { id, status: summary.status, summary };
     } catch (err) {
       if (err instanceof DbBackupError && err.code === "incomplete") {
         return { id, status: "incomplete" };
@@ -93,8 +120,78 @@ export class Repository {
     }
   }
 
-  /** Reads a set's manifest; a set without one is incomplete and refused. */
+  /**
+   * Reads a set's full manifest; a set without one is incomplete and refused. An encrypted
+   * set's manifest is unsealed with the repository's openers ("key" error when none fits).
+   */
   async readManifest(id: string): Promise<Manifest> {
+    const stored = await this.readStoredManifest(id);
+    if (!stored.sealed) return stored.manifest;
+    const dataKey = await this.dataKey(id, stored.manifest.encryption.slots);
+    const where = `${this.location}/${id}/${MANIFEST_FILE}`;
+    const sealed = Uint8Array.from(atob(stored.manifest.sealed), (c) => c.charCodeAt(0));
+    const text = new TextDecoder().decode(
+      openBytes(dataKey, { setId: id, path: MANIFEST_FILE }, sealed),
+    );
+    const manifest = parseManifest(text, where);
+    if (manifest.id !== id) {
+      throw new DbBackupError(
+        "verification",
+        `manifest of ${id} names another set (${manifest.id})`,
+      );
+    }
+    return manifest;
+  }
+
+  /**
+   * The data key of an encrypted set, opened with the repository's openers from the
+   * manifest's slots or the slots `key rekey` added.
+   */
+  async dataKey(id: string, manifestSlots: readonly KeySlot[]): Promise<Uint8Array> {
+    const cached = this.#dataKeys.get(id);
+    if (cached) return cached;
+    const slots: unknown[] = [...manifestSlots, ...await this.addedSlots(id)];
+    const key = await unwrapKey(slots, id, this.openers);
+    this.#dataKeys.set(id, key);
+    return key;
+  }
+
+  /** Key slots added to a set after its backup (`key rekey`). */
+  async addedSlots(id: string): Promise<unknown[]> {
+    const slots: unknown[] = [];
+    for (const e of await this.storage.list(`${id}/${KEYS_DIR}`)) {
+      if (e.isDirectory || !e.name.endsWith(".json")) continue;
+      const path = `${id}/${KEYS_DIR}/${e.name}`;
+      try {
+        const data = JSON.parse(await new Response(await this.storage.read(path)).text());
+        if (Array.isArray(data?.slots)) slots.push(...data.slots);
+      } catch (err) {
+        throw new DbBackupError(
+          "verification",
+          `key file ${path} is unreadable: ${errorMessage(err)}`,
+        );
+      }
+    }
+    return slots;
+  }
+
+  /** Adds key slots to an encrypted set without rewriting anything (`key rekey`). */
+  async addSlots(id: string, slots: KeySlot[]): Promise<string> {
+    if (!await this.storage.stat(`${id}/${KEYS_DIR}`)) {
+      await this.storage.createDirectory(`${id}/${KEYS_DIR}`).catch((err) => {
+        if (!(err instanceof DbBackupError && err.code === "exists")) throw err;
+      });
+    }
+    const path = `${id}/${KEYS_DIR}/${new Date().toISOString().replace(/[-:.]/g, "")}-${
+      crypto.randomUUID().slice(0, 8)
+    }.json`;
+    const bytes = new TextEncoder().encode(JSON.stringify({ slots }, null, 2) + "\n");
+    await this.storage.write(path, ReadableStream.from([bytes]));
+    return path;
+  }
+
+  /** The manifest as stored: full, or an encrypted set's public part. */
+  async readStoredManifest(id: string): Promise<StoredManifest> {
     if (!isSetId(id)) {
       throw new DbBackupError("not_found", `backup set "${id}" is not a valid set id`);
     }
@@ -110,14 +207,14 @@ export class Repository {
       );
     }
     const text = await new Response(await this.storage.read(path)).text();
-    const manifest = parseManifest(text, `${this.location}/${path}`);
-    if (manifest.id !== id) {
+    const stored = parseStoredManifest(text, `${this.location}/${path}`);
+    if (stored.manifest.id !== id) {
       throw new DbBackupError(
         "verification",
-        `manifest of ${id} names another set (${manifest.id})`,
+        `manifest of ${id} names another set (${stored.manifest.id})`,
       );
     }
-    return manifest;
+    return stored;
   }
 
   /** Resolves "latest" or an id prefix to exactly one set id. */
@@ -154,8 +251,15 @@ export class Repository {
     const name = `${id}/${file.path}`;
     // Bytes beyond the recorded size never reach the decompressor: trailing garbage after a
     // zstd frame makes Deno's node:zlib throw an uncaught error and stall the stream.
-    const source = (await this.storage.read(name)).pipeThrough(sizeLimit(file.bytes, name))
+    let source = (await this.storage.read(name)).pipeThrough(sizeLimit(file.bytes, name))
       .pipeThrough(stored);
+    if (file.encrypted) {
+      const key = this.#dataKeys.get(id);
+      if (!key) {
+        throw new DbBackupError("key", `file ${name} is encrypted and the set's key is not open`);
+      }
+      source = source.pipeThrough(decryptStream(key, { setId: id, path: file.path }));
+    }
     // The last chunk is held back until both checksums are verified, so a consumer never
     // sees the complete data of a file that does not match its manifest.
     let held: Uint8Array | undefined;
@@ -202,7 +306,41 @@ export interface WriteFileOptions {
 /** Writes the files of one new set, then its manifest. */
 export class SetWriter {
   #stateDir = false;
+  #encryption?: { dataKey: Uint8Array; record: EncryptionRecord };
   constructor(private readonly storage: Storage, readonly id: string) {}
+
+  get encrypted(): boolean {
+    return this.#encryption !== undefined;
+  }
+
+  /**
+   * Encrypts everything this set stores from now on with a new data key, wrapped for each
+   * holder. The slots are recorded at once, so a resumed backup can open the same key.
+   */
+  async encryptFor(holders: readonly KeyHolder[]): Promise<void> {
+    if (holders.length === 0) throw new Error("encryptFor: no key holder");
+    const dataKey = generateDataKey();
+    const slots: KeySlot[] = [];
+    for (const h of holders) slots.push(await wrapKey(dataKey, this.id, h));
+    const record: EncryptionRecord = { format: "dbbkenc1", cipher: "chacha20-poly1305", slots };
+    await this.#writeStateBytes(ENCRYPTION_STATE, JSON.stringify(record));
+    this.#encryption = { dataKey, record };
+  }
+
+  /**
+   * For a resumed set: opens the data key the interrupted run recorded. Returns false when
+   * that run did not encrypt.
+   */
+  async resumeEncryption(openers: readonly KeyOpener[]): Promise<boolean> {
+    const path = `${this.id}/${STATE_DIR}/${ENCRYPTION_STATE}.json`;
+    if (!await this.storage.stat(path)) return false;
+    const record = JSON.parse(
+      await new Response(await this.storage.read(path)).text(),
+    ) as EncryptionRecord;
+    const dataKey = await unwrapKey(record.slots, this.id, openers);
+    this.#encryption = { dataKey, record };
+    return true;
+  }
 
   /** Compresses and checksums `data` while writing it to `<set>/<name><suffix>`. */
   async writeFile(
@@ -210,11 +348,15 @@ export class SetWriter {
     data: ReadableStream<Uint8Array>,
     options: WriteFileOptions,
   ): Promise<FileRecord> {
-    const path = `${name}${compressionSuffix(options.compression.algorithm)}`;
+    const enc = this.#encryption;
+    const path = `${name}${compressionSuffix(options.compression.algorithm)}${
+      enc ? ENCRYPTED_SUFFIX : ""
+    }`;
     const raw = new ChecksumStream();
     const stored = new ChecksumStream();
-    const stream = data.pipeThrough(raw).pipeThrough(compressStream(options.compression))
-      .pipeThrough(stored);
+    let stream = data.pipeThrough(raw).pipeThrough(compressStream(options.compression));
+    if (enc) stream = stream.pipeThrough(encryptStream(enc.dataKey, { setId: this.id, path }));
+    stream = stream.pipeThrough(stored);
     await this.storage.write(`${this.id}/${path}`, stream, {
       ready: options.ready,
       signal: options.signal,
@@ -228,6 +370,7 @@ export class SetWriter {
       sha256: s.sha256,
       rawBytes: r.bytes,
       rawSha256: r.sha256,
+      ...(enc ? { encrypted: true } : {}),
     };
   }
 
@@ -236,13 +379,32 @@ export class SetWriter {
    * after the file it describes was published. Removed once the manifest is written.
    */
   async writeState(name: string, value: unknown): Promise<void> {
+    const text = JSON.stringify(value) + "\n";
+    const enc = this.#encryption;
+    await this.#writeStateBytes(
+      name,
+      enc
+        ? JSON.stringify({
+          sealed: toBase64(
+            sealBytes(
+              enc.dataKey,
+              { setId: this.id, path: `${STATE_DIR}/${name}` },
+              new TextEncoder().encode(text),
+            ),
+          ),
+        })
+        : text,
+    );
+  }
+
+  async #writeStateBytes(name: string, text: string): Promise<void> {
     if (!this.#stateDir) {
       if (!await this.storage.stat(`${this.id}/${STATE_DIR}`)) {
         await this.storage.createDirectory(`${this.id}/${STATE_DIR}`);
       }
       this.#stateDir = true;
     }
-    const bytes = new TextEncoder().encode(JSON.stringify(value) + "\n");
+    const bytes = new TextEncoder().encode(text);
     await this.storage.write(`${this.id}/${STATE_DIR}/${name}.json`, ReadableStream.from([bytes]));
   }
 
@@ -251,10 +413,21 @@ export class SetWriter {
     const out = new Map<string, unknown>();
     for (const e of await this.storage.list(`${this.id}/${STATE_DIR}`)) {
       if (!e.name.startsWith(prefix) || !e.name.endsWith(".json")) continue;
-      const text = await new Response(
-        await this.storage.read(`${this.id}/${STATE_DIR}/${e.name}`),
-      ).text();
-      out.set(e.name.slice(0, -".json".length), JSON.parse(text));
+      const name = e.name.slice(0, -".json".length);
+      if (name === ENCRYPTION_STATE) continue;
+      let value = JSON.parse(
+        await new Response(await this.storage.read(`${this.id}/${STATE_DIR}/${e.name}`)).text(),
+      );
+      const enc = this.#encryption;
+      if (enc && typeof value?.sealed === "string") {
+        const sealed = Uint8Array.from(atob(value.sealed), (c) => c.charCodeAt(0));
+        value = JSON.parse(
+          new TextDecoder().decode(
+            openBytes(enc.dataKey, { setId: this.id, path: `${STATE_DIR}/${name}` }, sealed),
+          ),
+        );
+      }
+      out.set(name, value);
     }
     return out;
   }
@@ -279,6 +452,14 @@ export class SetWriter {
     await this.storage.remove(`${this.id}/${path}`);
   }
 
+  /**
+   * Removes what an interrupted writer left unpublished in this set (temporary files of a
+   * killed run). Returns how many; 0 on storage that publishes without temporaries.
+   */
+  async removeTemporaries(): Promise<number> {
+    return await this.storage.removeTemporaries?.(this.id) ?? 0;
+  }
+
   /** Drops the progress records once the manifest makes them redundant. */
   async removeStates(): Promise<void> {
     await this.storage.remove(`${this.id}/${STATE_DIR}`);
@@ -286,7 +467,18 @@ export class SetWriter {
 
   /** Publishes the manifest: the set is complete from this moment on. */
   async writeManifest(manifest: Manifest): Promise<void> {
-    const bytes = new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n");
+    const enc = this.#encryption;
+    let text = JSON.stringify(manifest, null, 2) + "\n";
+    if (enc) {
+      const full: Manifest = { ...manifest, encryption: enc.record };
+      const sealed = sealBytes(
+        enc.dataKey,
+        { setId: this.id, path: MANIFEST_FILE },
+        new TextEncoder().encode(JSON.stringify(full)),
+      );
+      text = sealedManifestJson(full, sealed);
+    }
+    const bytes = new TextEncoder().encode(text);
     await this.storage.write(`${this.id}/${MANIFEST_FILE}`, ReadableStream.from([bytes]));
   }
 
@@ -294,6 +486,14 @@ export class SetWriter {
   async discard(): Promise<void> {
     await this.storage.remove(this.id);
   }
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
 }
 
 /** Passes at most `limit` bytes; errors as soon as more arrive. */

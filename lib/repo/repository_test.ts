@@ -162,8 +162,8 @@ Deno.test("listSets: a folder without a manifest is incomplete, oldest first", a
       ["20261128T030000Z-single-crm", "partial"],
       ["20261129T030000Z-single-x", "invalid"],
     ]);
-    assert.equal(sets[0].manifest, undefined);
-    assert.equal(sets[1].manifest?.id, done.id);
+    assert.equal(sets[0].summary, undefined);
+    assert.equal(sets[1].summary?.id, done.id);
     assert.match(sets[3].problem ?? "", /is not valid JSON/);
 
     await assert.rejects(repo.readManifest(interrupted.id), (err) => {

@@ -1,5 +1,5 @@
 import { strict as assert } from "node:assert";
-import { compactTimestamp, isSetId, setId, slug } from "./set_id.ts";
+import { compactTimestamp, isSetId, setId, setIdSubject, setIdTime, slug } from "./set_id.ts";
 
 Deno.test("compactTimestamp is UTC, second precision, no separators", () => {
   assert.equal(compactTimestamp(new Date("2026-11-27T03:00:00.000Z")), "20261127T030000Z");
@@ -102,4 +102,13 @@ Deno.test("isSetId accepts ids this tool makes and rejects everything else", asy
   for (const id of bad) {
     await t.step(`bad ${JSON.stringify(id)}`, () => assert.equal(isSetId(id), false));
   }
+});
+
+Deno.test("setIdTime and setIdSubject read a set id back", () => {
+  const id = setId(new Date("2026-11-27T03:04:05.678Z"), "single", "shop db");
+  assert.equal(setIdTime(id)?.toISOString(), "2026-11-27T03:04:05.000Z");
+  assert.equal(setIdSubject(id), "single-shop_db");
+  assert.equal(setIdTime("20261327T000000Z-single-x"), undefined);
+  assert.equal(setIdTime("notes"), undefined);
+  assert.equal(setIdSubject("notes"), undefined);
 });

@@ -42,10 +42,26 @@ export async function tempRepo(): Promise<string> {
   return await Deno.makeTempDir({ prefix: "dbbackup-test-repo-" });
 }
 
-/** The backup set ids in a repository folder (complete or not). */
+/**
+ * The folders of a repository (complete sets or not), except `locks/`, the repository's lock
+ * folder; `lockFiles` lists what is in that one.
+ */
 export async function setDirs(repo: string): Promise<string[]> {
   const out: string[] = [];
-  for await (const e of Deno.readDir(repo)) if (e.isDirectory) out.push(e.name);
+  for await (const e of Deno.readDir(repo)) {
+    if (e.isDirectory && e.name !== "locks") out.push(e.name);
+  }
+  return out.sort();
+}
+
+/** The lock files held in a repository right now. */
+export async function lockFiles(repo: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(`${repo}/locks`)) out.push(e.name);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
   return out.sort();
 }
 

@@ -28,6 +28,10 @@ export interface NativeRestoreOptions {
   /** With createFromArchive: drop the database first if it exists. */
   dropFirst: boolean;
   jobs: number;
+  /** Whether pg_restore may spool the schema archive to local disk for parallel post-data. */
+  spool: boolean;
+  /** --table/--schema: only these tables, and only the archive entries of `listFile`. */
+  only?: { tables: { schema: string; name: string }[]; listFile: string; clean: boolean };
   pgRestore: PgTool;
   reporter: Reporter;
   signal?: AbortSignal;
@@ -56,7 +60,9 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     await restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
       database: name === "pre-data" && o.createFromArchive ? "postgres" : o.database,
       jobs,
-      clean: name === "pre-data" && o.dropFirst,
+      spool: o.spool,
+      clean: name === "pre-data" && (o.dropFirst || (o.only?.clean ?? false)),
+      listFile: o.only?.listFile,
       create: name === "pre-data" && o.createFromArchive,
       section: name,
       signal: o.signal,
@@ -66,15 +72,21 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
 
   await section("pre-data", 1);
 
+  const only = o.only;
+  const tables = only
+    ? layout.tables.filter((t) =>
+      only.tables.some((s) => s.schema === t.schema && s.name === t.name)
+    )
+    : layout.tables;
   const chunks = largestFirst(
-    layout.tables.flatMap((t) =>
+    tables.flatMap((t) =>
       t.chunks.map((c) => ({ table: t, chunk: c, bytes: file(c.path).rawBytes }))
     ),
   );
   o.reporter.event({
     type: "step",
     part: o.database,
-    message: `copying ${chunks.length} chunk(s) of ${layout.tables.length} table(s)`,
+    message: `copying ${chunks.length} chunk(s) of ${tables.length} table(s)`,
   });
   const sql = o.target.connect(o.database, Math.max(1, o.jobs));
   try {

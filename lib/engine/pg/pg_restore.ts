@@ -17,6 +17,14 @@ export interface ArchiveRestoreOptions {
   section?: "pre-data" | "data" | "post-data";
   /** Where a parallel restore may spool the archive (it needs a seekable file). */
   tempDir?: string;
+  /** pg_restore -L: restore only the entries of this list file (see withListFile). */
+  listFile?: string;
+  /**
+   * Whether the decompressed archive may be spooled to a local temp file so pg_restore can run
+   * `jobs` workers (default true). Without it, one streaming pg_restore: used for encrypted
+   * sets (no plaintext on disk) and object storage (no local disk for the data).
+   */
+  spool?: boolean;
   describe: string;
 }
 
@@ -35,7 +43,8 @@ export async function restoreArchive(
   if (options.clean) args.push("--clean", "--if-exists");
   if (options.create) args.push("--create");
   if (options.section) args.push(`--section=${options.section}`);
-  if (options.jobs <= 1) {
+  if (options.listFile) args.push("--use-list", options.listFile);
+  if (options.jobs <= 1 || options.spool === false) {
     if (!options.create) args.push("--single-transaction");
     const child = spawn(tool.path, args, {
       describe: options.describe,
@@ -61,6 +70,18 @@ export async function restoreArchive(
       signal: options.signal,
     });
     await child.status;
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Writes a pg_restore -L list to a private temp file for the duration of `fn`. */
+export async function withListFile<T>(list: string, fn: (path: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "dbbackup-list-" });
+  try {
+    const path = `${dir}/restore.list`;
+    await Deno.writeTextFile(path, list, { createNew: true, mode: 0o600 });
+    return await fn(path);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
