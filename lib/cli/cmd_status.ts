@@ -60,8 +60,14 @@ export function statusCommand(cli: CliEnv, setExit: (code: number) => void) {
       ])));
       lines.push(
         `Repository: ${r.repository.location} (${
-          r.repository.exists
-            ? `${r.repository.sets} set(s), ${formatBytes(r.repository.freeBytes)} free`
+          r.repository.error
+            ? `cannot be read: ${r.repository.error}`
+            : r.repository.exists
+            ? `${r.repository.sets} set(s)${
+              r.repository.freeBytes === undefined
+                ? ""
+                : `, ${formatBytes(r.repository.freeBytes)} free`
+            }`
             : "does not exist yet"
         })`,
       );

@@ -32,7 +32,14 @@ export interface StatusReport {
     matchesServer?: boolean;
     error?: string;
   }[];
-  repository: { location: string; exists: boolean; sets: number; freeBytes?: number };
+  repository: {
+    location: string;
+    exists: boolean;
+    sets: number;
+    freeBytes?: number;
+    /** Why the repository could not be read (e.g. S3 credentials), if it could not. */
+    error?: string;
+  };
   warnings: string[];
 }
 
@@ -97,11 +104,15 @@ export async function status(
       report.tools.push({ name, error: errorMessage(err) });
     }
   }
-  const root = await repo.storage.stat("");
-  report.repository.exists = root !== undefined;
-  if (root) {
-    report.repository.sets = (await repo.listSets()).length;
-    report.repository.freeBytes = await repo.storage.freeSpace();
+  try {
+    const root = await repo.storage.stat("");
+    report.repository.exists = root !== undefined;
+    if (root) {
+      report.repository.sets = (await repo.listSets()).length;
+      report.repository.freeBytes = await repo.storage.freeSpace();
+    }
+  } catch (err) {
+    report.repository.error = errorMessage(err);
   }
   return report;
 }
