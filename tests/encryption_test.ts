@@ -172,6 +172,29 @@ for (const engine of ["pg_dump", "native"] as const) {
         });
 
         await t.step(
+          "export-sql decrypts as it streams; psql alone restores the script",
+          async () => {
+            const noKey = await dbbackup(["--repo", repo, "export-sql", id]);
+            assert.equal(noKey.code, 5, noKey.stderr);
+            const script = `${keys.dir}/export.sql`;
+            const e = await dbbackup([
+              "--repo",
+              repo,
+              "--key-file",
+              keys.keyFile,
+              "export-sql",
+              id,
+              "--output",
+              script,
+            ]);
+            assert.equal(e.code, 0, e.stderr);
+            await b.createDatabase("by export");
+            await b.psql(await Deno.readTextFile(script), { db: "by export" });
+            assertSameSnapshot(await snapshotDatabase(b, "by export"), before, "export-sql");
+          },
+        );
+
+        await t.step(
           "rekey adds a key file; the new key alone restores; data untouched",
           async () => {
             const files = await listFiles(`${repo}/${id}`);
