@@ -164,7 +164,8 @@ try {
       Deno.execPath(),
       dbb(["backup", "single", "bench", "--engine", engine]),
     );
-    const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x))!;
+    // The new set's folder (the repository also has its locks/ folder).
+    const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x) && x !== "locks")!;
     const db = `r_${engine}`;
     const r = await time(
       `dbbackup restore ${engine}`,

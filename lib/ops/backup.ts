@@ -390,6 +390,7 @@ async function dumpNative(
       jobs: opts.jobs,
       chunkBytes: opts.chunkBytes,
       pgDump: plan.pgDump,
+      psql: await findTool("psql", plan.server.major, opts.pgBin),
       serverMajor: plan.server.major,
       resume: opts.resume,
       reporter: opts.reporter,

@@ -514,6 +514,11 @@ async function restoreDatabase(
         jobs,
         spool: spoolAllowed(opts, plan),
         pgRestore,
+        psql: await findTool(
+          "psql",
+          Math.floor(plan.manifest.server.versionNum / 10000),
+          opts.pgBin,
+        ),
         reporter: opts.reporter,
         signal: opts.signal,
       });
@@ -571,6 +576,7 @@ async function restoreTables(
       spool: spoolAllowed(opts, plan),
       only: { tables: db.selection!.tables, listFile, clean },
       pgRestore,
+      psql: await findTool("psql", Math.floor(plan.manifest.server.versionNum / 10000), opts.pgBin),
       reporter: opts.reporter,
       signal: opts.signal,
     });

@@ -12,8 +12,8 @@ import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.
 import type { SetWriter } from "../../repo/repository.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
 import type { Reporter } from "../../ops/progress.ts";
-import { type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
-import { copyOutStream } from "./copy_stream.ts";
+import { dbnameConninfo, type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
+import { spawn } from "../../process/run.ts";
 import {
   type DataTable,
   exactTablePattern,
@@ -24,6 +24,17 @@ import { startDatabaseDump } from "./pg_dump.ts";
 import type { PgTool } from "./tools.ts";
 
 export const DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024;
+
+/**
+ * The session settings COPY text output depends on, pinned as for postgres.js connections
+ * (connect.ts), so chunks read back the same anywhere; and no server-side timeout may end a
+ * long COPY.
+ */
+export const COPY_SESSION_ENV: Record<string, string> = {
+  PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0",
+  PGCLIENTENCODING: "UTF8",
+};
 /** Tables smaller than this (or than the chunk size) are left to pg_dump's archive. */
 export const SMALL_TABLE_BYTES = 4 * 1024 * 1024;
 /** How often one chunk is tried before the database counts as failed. */
@@ -39,6 +50,8 @@ export interface NativeDumpOptions {
   jobs: number;
   chunkBytes: number;
   pgDump: PgTool;
+  /** Runs each chunk's COPY TO: a C client streams rows far cheaper than JS can. */
+  psql: PgTool;
   serverMajor: number;
   /** Reuse chunks an interrupted run of the same set already wrote. */
   resume: boolean;
@@ -259,53 +272,60 @@ async function dumpChunks(
   const queue = largestFirst(todo);
   let failure: unknown;
 
-  // Every chunk is copied on a connection of its own that imports the snapshot and is closed
-  // afterwards. postgres.js 3.4.9 can leave a connection's socket paused after a COPY TO whose
-  // last rows filled its stream buffer (porsager/postgres#1016), so a second query on it never
-  // gets an answer; and a query sent on a connection the server closed (a terminated backend)
-  // crashes the process, while one sent through a pool silently runs outside the snapshot.
+  // Every chunk is copied by a psql child of its own that imports the snapshot: the rows
+  // arrive through its stdout in large reads, and its exit status decides whether the file is
+  // published. (postgres.js emits one chunk per row, costing several CPU-seconds per GB on
+  // the thread that also compresses and hashes; and it can leave a connection's socket paused
+  // after a COPY TO, porsager/postgres#1016.)
   const copyOne = async (job: ChunkJob) => {
-    let lost = false;
-    const conn = o.target.connect(o.database, 1, () => lost = true);
-    try {
-      const tx = await conn.reserve();
-      const run = (text: string) => {
-        if (lost) throw new Error("the server closed the connection");
-        return tx.unsafe(text);
-      };
-      await run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
-      await run(`SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`);
-      const t = plan.tables[job.table];
-      const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-      const cols = t.columns.join(", ");
-      const whole = job.range.from === 0 && job.range.to === null;
-      const query = whole
-        ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
-        : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
-          job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
-        }) TO STDOUT`;
-      const readable = await run(query).readable();
-      const rows = new RowCounter();
-      const file = await o.set.writeFile(
-        chunkFile(o.prefix, job.table, job.chunk),
-        copyOutStream(readable).pipeThrough(rows).pipeThrough(progress.stream()),
-        { compression: o.compression, content: "copy-text", signal },
-      );
-      const state: ChunkState = {
-        file,
-        rows: rows.rows,
-        snapshot,
-        table: job.table,
-        chunk: job.chunk,
-        range: job.range,
-      };
-      await o.set.writeState(chunkName(o.prefix, job.table, job.chunk), state);
-      done.push(state);
-      o.onChunk?.(file.path);
-    } finally {
-      // Nothing to commit: the transaction is read-only, closing the connection ends it.
-      await conn.end({ timeout: 0 }).catch(() => {});
-    }
+    const t = plan.tables[job.table];
+    const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+    const cols = t.columns.join(", ");
+    const whole = job.range.from === 0 && job.range.to === null;
+    const query = whole
+      ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
+      : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
+        job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
+      }) TO STDOUT`;
+    const child = spawn(o.psql.path, [
+      "--no-psqlrc",
+      "--quiet",
+      "--no-password",
+      "--set",
+      "ON_ERROR_STOP=1",
+      "--command",
+      "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+      "--command",
+      `SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`,
+      "--command",
+      query,
+      "--command",
+      "COMMIT",
+      "--dbname",
+      dbnameConninfo(o.database),
+    ], {
+      describe: `COPY of chunk ${job.chunk + 1} of ${t.schema}.${t.name}`,
+      env: { ...o.target.childEnv(), ...COPY_SESSION_ENV },
+      clearEnv: true,
+      signal,
+    });
+    const rows = new RowCounter();
+    const file = await o.set.writeFile(
+      chunkFile(o.prefix, job.table, job.chunk),
+      child.stdout.pipeThrough(rows).pipeThrough(progress.stream()),
+      { compression: o.compression, content: "copy-text", signal, ready: child.status },
+    );
+    const state: ChunkState = {
+      file,
+      rows: rows.rows,
+      snapshot,
+      table: job.table,
+      chunk: job.chunk,
+      range: job.range,
+    };
+    await o.set.writeState(chunkName(o.prefix, job.table, job.chunk), state);
+    done.push(state);
+    o.onChunk?.(file.path);
   };
 
   const worker = async () => {

@@ -11,8 +11,9 @@ import { largestFirst } from "../../plan/chunks.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
 import { mapPool } from "../../ops/_pool.ts";
-import { type PgTarget, quoteIdent } from "./connect.ts";
-import { copyInStream } from "./copy_stream.ts";
+import { dbnameConninfo, type PgTarget, quoteIdent } from "./connect.ts";
+import { COPY_SESSION_ENV } from "./native_dump.ts";
+import { feedChild, spawn } from "../../process/run.ts";
 import { restoreArchive } from "./pg_restore.ts";
 import type { PgTool } from "./tools.ts";
 
@@ -33,6 +34,7 @@ export interface NativeRestoreOptions {
   /** --table/--schema: only these tables, and only the archive entries of `listFile`. */
   only?: { tables: { schema: string; name: string }[]; listFile: string; clean: boolean };
   pgRestore: PgTool;
+  psql: PgTool;
   reporter: Reporter;
   signal?: AbortSignal;
 }
@@ -88,27 +90,34 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     part: o.database,
     message: `copying ${chunks.length} chunk(s) of ${tables.length} table(s)`,
   });
-  const sql = o.target.connect(o.database, Math.max(1, o.jobs));
-  try {
-    await mapPool(chunks, o.jobs, async ({ table, chunk }) => {
-      if (o.signal?.aborted) throw o.signal.reason;
-      const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
-      const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
-      const data = await o.repo.openFile(o.setId, file(chunk.path));
-      try {
-        // One transaction per chunk: a chunk that fails its checksum leaves no rows behind.
-        await sql.begin(async (tx) => {
-          const writable = await tx.unsafe(`COPY ${qualified}${cols} FROM STDIN`).writable();
-          await copyInStream(data, writable);
-        });
-      } catch (err) {
-        if (err instanceof DbBackupError) throw err;
-        throw o.target.explain(err, describe(`COPY of chunk ${chunk.path}`), o.database);
-      }
+  // Each chunk goes through a psql child's COPY FROM STDIN, one transaction per chunk: a
+  // chunk whose checksum fails is cut off before its last piece and psql is killed, so the
+  // server rolls it back and no row of it stays behind.
+  await mapPool(chunks, o.jobs, async ({ table, chunk }) => {
+    if (o.signal?.aborted) throw o.signal.reason;
+    const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
+    const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
+    const data = await o.repo.openFile(o.setId, file(chunk.path));
+    const child = spawn(o.psql.path, [
+      "--no-psqlrc",
+      "--quiet",
+      "--no-password",
+      "--set",
+      "ON_ERROR_STOP=1",
+      "--command",
+      `COPY ${qualified}${cols} FROM STDIN`,
+      "--dbname",
+      dbnameConninfo(o.database),
+    ], {
+      describe: describe(`COPY of chunk ${chunk.path}`),
+      env: { ...o.target.childEnv(), ...COPY_SESSION_ENV },
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "null",
+      signal: o.signal,
     });
-  } finally {
-    await sql.end({ timeout: 5 }).catch(() => {});
-  }
+    await Promise.all([feedChild(child, data), child.status]);
+  });
 
   await section("data", 1);
   await section("post-data", o.jobs);
