@@ -1041,3 +1041,39 @@ function quoteName(name: string): string {
 function oneLine(text: string): string {
   return text.replace(/[\r\n]/g, " ");
 }
+
+/** Post-data entries that belong to one table alone and need nothing else of post-data. */
+const OWN_POST_DATA = new Set(["INDEX", "CONSTRAINT", "TRIGGER", "RULE", "POLICY", "STATISTICS"]);
+
+/**
+ * For each of `tables`, the post-data entries (indexes, primary keys and unique constraints,
+ * triggers, rules, policies, statistics) that can be restored as soon as that table's rows
+ * are in: they depend on that table only and on no other post-data entry. Foreign keys,
+ * partition index attachments and everything else are left for the end.
+ */
+export function postDataByTable(
+  toc: ArchiveToc,
+  tables: readonly TableRef[],
+): Map<string, number[]> {
+  const index = new TocIndex(toc);
+  const postData = new Set(
+    toc.entries.filter((e) => e.section === "post-data").map((e) => e.dumpId),
+  );
+  const out = new Map<string, number[]>();
+  for (const t of tables) {
+    const table = index.tables.find((x) => x.schema === t.schema && x.name === t.name)?.table;
+    if (!table) continue;
+    const ids = toc.entries.filter((e) =>
+      e.section === "post-data" && OWN_POST_DATA.has(e.desc) &&
+      index.tableDeps(e).length === 1 && index.tableDeps(e)[0] === table.dumpId &&
+      !e.deps.some((d) => postData.has(d))
+    ).map((e) => e.dumpId);
+    if (ids.length > 0) out.set(tableKey(t), ids);
+  }
+  return out;
+}
+
+/** The map key `postDataByTable` uses for a table. */
+export function tableKey(t: TableRef): string {
+  return JSON.stringify([t.schema, t.name]);
+}
