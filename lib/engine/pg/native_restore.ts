@@ -9,7 +9,7 @@ import type { ChunkRecord, DatabaseRecord, FileRecord, TableRecord } from "../..
 import type { Repository } from "../../repo/repository.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
-import { dbnameConninfo, type PgTarget, quoteIdent } from "./connect.ts";
+import { dbnameConninfo, type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
 import { COPY_SESSION_ENV } from "./native_dump.ts";
 import { feedChild, spawn } from "../../process/run.ts";
 import { restoreArchive, withListFile } from "./pg_restore.ts";
@@ -43,6 +43,8 @@ export interface NativeRestoreOptions {
   reporter: Reporter;
   signal?: AbortSignal;
 }
+
+const END_OF_COPY = new TextEncoder().encode("\\.\n");
 
 /**
  * Tables at least this big, or split into chunks, get their indexes and keys built as soon as
@@ -107,21 +109,29 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // indexes and keys are built (below) while the other worker still loads rows.
   const sizeOf = (t: TableRecord) => t.chunks.reduce((n, c) => n + file(c.path).rawBytes, 0);
   const ordered = [...tables].sort((a, b) => sizeOf(b) - sizeOf(a));
-  const queue = ordered.flatMap((t) => t.chunks.map((chunk) => ({ table: t, chunk })));
+  const queue = [...ordered];
   const early = only ? new Map<string, number[]>() : await earlyPostData(o, schema, ordered);
-  const left = new Map(ordered.map((t) => [t, t.chunks.length]));
   o.reporter.event({
     type: "step",
     part: o.database,
-    message: `copying ${queue.length} chunk(s) of ${tables.length} table(s)`,
+    message: `copying ${
+      tables.reduce((n, t) => n + t.chunks.length, 0)
+    } chunk(s) of ${tables.length} table(s)`,
   });
-  const copyChunk = async (table: TableRecord, chunk: ChunkRecord) => {
+  // Each table is loaded by one psql child in one transaction: TRUNCATE (the table was just
+  // created by pre-data; a guard refuses one that holds rows), then COPY ... FREEZE of each of
+  // its chunks in turn. FREEZE writes the rows already frozen, which saves the server work in
+  // the COPY and in the index builds after it (about 10% and 15% here). Each chunk is checked
+  // as it streams; a chunk that fails its checksum is cut off before its last piece and psql
+  // is killed, so the server rolls the whole table back.
+  const loadTable = async (table: TableRecord) => {
     const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
     const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
-    const data = await o.repo.openFile(o.setId, file(chunk.path));
-    // Each chunk goes through a psql child's COPY FROM STDIN, one transaction per chunk: a
-    // chunk whose checksum fails is cut off before its last piece and psql is killed, so the
-    // server rolls it back and no row of it stays behind.
+    const tag = `$g${crypto.randomUUID().replaceAll("-", "")}$`;
+    const guard = `DO ${tag}BEGIN IF EXISTS (SELECT FROM ONLY ${qualified}) THEN ` +
+      `RAISE EXCEPTION 'refusing to load table %: it is not empty', ${
+        quoteLiteral(`${table.schema}.${table.name}`)
+      }; END IF; END${tag}`;
     const child = spawn(o.psql.path, [
       "--no-psqlrc",
       "--quiet",
@@ -129,45 +139,59 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       "--set",
       "ON_ERROR_STOP=1",
       "--command",
-      `COPY ${qualified}${cols} FROM STDIN`,
+      "BEGIN",
+      "--command",
+      guard,
+      "--command",
+      `TRUNCATE ONLY ${qualified}`,
+      ...table.chunks.flatMap(() => ["--command", `COPY ${qualified}${cols} FROM STDIN (FREEZE)`]),
+      "--command",
+      "COMMIT",
       "--dbname",
       dbnameConninfo(o.database),
     ], {
-      describe: describe(`COPY of chunk ${chunk.path}`),
+      describe: describe(`COPY of table ${table.schema}.${table.name}`),
       env: { ...o.target.childEnv(), ...COPY_SESSION_ENV },
       clearEnv: true,
       stdin: "piped",
       stdout: "null",
       signal: o.signal,
     });
-    await Promise.all([feedChild(child, data), child.status]);
+    await Promise.all([feedChild(child, chunksInput(table.chunks)), child.status]);
+  };
+  /** The chunks' verified data one after another, each ended by COPY's end-of-data line. */
+  const chunksInput = (chunks: readonly ChunkRecord[]): ReadableStream<Uint8Array> => {
+    let i = 0;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!reader) {
+          if (i >= chunks.length) return controller.close();
+          reader = (await o.repo.openFile(o.setId, file(chunks[i].path))).getReader();
+        }
+        const { done, value } = await reader.read();
+        if (!done) return controller.enqueue(value);
+        reader = undefined;
+        i++;
+        controller.enqueue(END_OF_COPY);
+      },
+      async cancel(reason) {
+        await reader?.cancel(reason);
+      },
+    }, { highWaterMark: 0 });
   };
   let toc: ArchiveToc | undefined;
   const tocOf = async () =>
     toc ??= await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
   let failed = false;
-  // Tables being loaded right now: two sessions loading one table slow each other down
-  // (relation extension lock), so a worker prefers a chunk of another table.
-  const loading = new Map<TableRecord, number>();
-  const next = () => {
-    const i = queue.findIndex((j) => !loading.get(j.table));
-    return queue.splice(i < 0 ? 0 : i, 1)[0];
-  };
   const worker = async () => {
     while (queue.length > 0 && !failed) {
       if (o.signal?.aborted) throw o.signal.reason;
-      const { table, chunk } = next();
-      loading.set(table, (loading.get(table) ?? 0) + 1);
+      const table = queue.shift()!;
       try {
-        try {
-          await copyChunk(table, chunk);
-        } finally {
-          loading.set(table, loading.get(table)! - 1);
-        }
-        const remaining = left.get(table)! - 1;
-        left.set(table, remaining);
+        await loadTable(table);
         const ids = early.get(tableKey(table));
-        if (remaining === 0 && ids) {
+        if (ids) {
           o.reporter.event({
             type: "step",
             part: o.database,
