@@ -23,51 +23,46 @@ export interface KeySources extends KeyFlags {
   env: Record<string, string | undefined>;
 }
 
-/** Everything that may open an encrypted set. */
-export async function loadOpeners(src: KeySources): Promise<KeyOpener[]> {
-  const openers: KeyOpener[] = [];
-  const passphrase = await loadPassphrase(src);
-  if (passphrase !== undefined) openers.push({ kind: "passphrase", passphrase });
+/** The passphrase, key files and identities given, read and checked once. */
+async function readKeys(src: KeySources) {
+  const keyFiles: Uint8Array[] = [];
   for (const path of src.keyFile ?? []) {
-    openers.push({
-      kind: "keyfile",
-      key: parseKeyFile(await readSecret(path), `key file ${path}`),
-    });
+    keyFiles.push(parseKeyFile(await readSecret(path), `key file ${path}`));
   }
+  const identities = [];
   for (const path of src.identity ?? []) {
     const text = new TextDecoder().decode(await readSecret(path));
-    openers.push({
-      kind: "identity",
-      privateKey: parseIdentity(text, `identity file ${path}`).privateKey,
-    });
+    identities.push(parseIdentity(text, `identity file ${path}`));
   }
-  return openers;
+  return { passphrase: await loadPassphrase(src), keyFiles, identities };
 }
 
-/** Every key holder a new set's data key is wrapped for; refuses when there is none. */
+/** Everything that may open an encrypted set. */
+export async function loadOpeners(src: KeySources): Promise<KeyOpener[]> {
+  const { passphrase, keyFiles, identities } = await readKeys(src);
+  return [
+    ...(passphrase === undefined ? [] : [{ kind: "passphrase" as const, passphrase }]),
+    ...keyFiles.map((key) => ({ kind: "keyfile" as const, key })),
+    ...identities.map((i) => ({ kind: "identity" as const, privateKey: i.privateKey })),
+  ];
+}
+
+/**
+ * Every key holder a new set's data key is wrapped for (an identity counts as its recipient);
+ * refuses when there is none.
+ */
 export async function loadHolders(src: KeySources): Promise<KeyHolder[]> {
-  const holders: KeyHolder[] = [];
-  const passphrase = await loadPassphrase(src);
-  if (passphrase !== undefined) holders.push({ kind: "passphrase", passphrase });
-  for (const path of src.keyFile ?? []) {
-    holders.push({
-      kind: "keyfile",
-      key: parseKeyFile(await readSecret(path), `key file ${path}`),
-    });
-  }
-  for (const path of src.identity ?? []) {
-    const text = new TextDecoder().decode(await readSecret(path));
-    holders.push({
-      kind: "recipient",
-      publicKey: parseIdentity(text, `identity file ${path}`).publicKey,
-    });
-  }
+  const { passphrase, keyFiles, identities } = await readKeys(src);
+  const holders: KeyHolder[] = [
+    ...(passphrase === undefined ? [] : [{ kind: "passphrase" as const, passphrase }]),
+    ...keyFiles.map((key) => ({ kind: "keyfile" as const, key })),
+    ...identities.map((i) => ({ kind: "recipient" as const, publicKey: i.publicKey })),
+  ];
   for (const path of src.recipient ?? []) {
-    const text = await readFile(path, "recipient file");
+    const text = new TextDecoder().decode(await readFile(path, "recipient file"));
     holders.push({
       kind: "recipient",
-      publicKey: parseRecipient(new TextDecoder().decode(text), `recipient file ${path}`)
-        .publicKey,
+      publicKey: parseRecipient(text, `recipient file ${path}`).publicKey,
     });
   }
   if (holders.length === 0) {

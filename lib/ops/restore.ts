@@ -15,7 +15,7 @@ import {
   type TableRef,
   tocListFile,
 } from "../engine/pg/archive_toc.ts";
-import { findTool } from "../engine/pg/tools.ts";
+import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord, Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 import { mapPool } from "./_pool.ts";
@@ -415,13 +415,15 @@ async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<
     parts: [...(plan.globals ? ["globals"] : []), ...plan.databases.map((d) => d.target)],
   });
   const major = Math.floor(plan.manifest.server.versionNum / 10000);
-  const pgRestore = await findTool("pg_restore", major, opts.pgBin);
+  const tools: Tools = {
+    pgRestore: await findTool("pg_restore", major, opts.pgBin),
+    psql: await findTool("psql", major, opts.pgBin),
+  };
   if (plan.globals) {
     const started = performance.now();
     try {
-      const psql = await findTool("psql", major, opts.pgBin);
       const tolerated = await restoreGlobalsScript(
-        psql,
+        tools.psql,
         opts.target,
         await opts.repo.openFile(plan.setId, plan.globals),
         opts.signal,
@@ -455,7 +457,7 @@ async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<
     async (db) => {
       const started = performance.now();
       try {
-        await restoreDatabase(opts, plan, db, pgRestore, perDatabaseJobs);
+        await restoreDatabase(opts, plan, db, tools, perDatabaseJobs);
         reportPart(opts, db.target, started);
         return { part: db.target, status: "ok" as const };
       } catch (err) {
@@ -476,7 +478,7 @@ async function restoreDatabase(
   opts: RestoreOptions,
   plan: RestorePlan,
   db: PlannedDatabase,
-  pgRestore: Awaited<ReturnType<typeof findTool>>,
+  { pgRestore, psql }: Tools,
   jobs: number,
 ): Promise<void> {
   opts.reporter.event({
@@ -492,7 +494,7 @@ async function restoreDatabase(
       await createSchemas(opts.target, db.target, selection.schemas);
       await withListFile(
         selection.list,
-        (listFile) => restoreTables(opts, plan, db, pgRestore, jobs, listFile),
+        (listFile) => restoreTables(opts, plan, db, { pgRestore, psql }, jobs, listFile),
       );
     } catch (err) {
       if (db.action === "create") await dropDatabase(opts.target, db.target).catch(() => {});
@@ -514,11 +516,7 @@ async function restoreDatabase(
         jobs,
         spool: spoolAllowed(opts, plan),
         pgRestore,
-        psql: await findTool(
-          "psql",
-          Math.floor(plan.manifest.server.versionNum / 10000),
-          opts.pgBin,
-        ),
+        psql,
         reporter: opts.reporter,
         signal: opts.signal,
       });
@@ -558,7 +556,7 @@ async function restoreTables(
   opts: RestoreOptions,
   plan: RestorePlan,
   db: PlannedDatabase,
-  pgRestore: Awaited<ReturnType<typeof findTool>>,
+  { pgRestore, psql }: Tools,
   jobs: number,
   listFile: string,
 ): Promise<void> {
@@ -576,7 +574,7 @@ async function restoreTables(
       spool: spoolAllowed(opts, plan),
       only: { tables: db.selection!.tables, listFile, clean },
       pgRestore,
-      psql: await findTool("psql", Math.floor(plan.manifest.server.versionNum / 10000), opts.pgBin),
+      psql,
       reporter: opts.reporter,
       signal: opts.signal,
     });
@@ -607,6 +605,12 @@ async function createSchemas(target: PgTarget, database: string, schemas: string
       for (const s of schemas) await sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(s)}`);
     },
   );
+}
+
+/** The client programs a restore runs. */
+interface Tools {
+  pgRestore: PgTool;
+  psql: PgTool;
 }
 
 /** Parallel pg_restore spools a plaintext archive: only for unencrypted sets on local disk. */

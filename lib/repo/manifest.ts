@@ -221,17 +221,22 @@ export function sealedManifestJson(m: Manifest, sealed: Uint8Array): string {
     summary: summarize(m),
     encryption: m.encryption,
     storedFiles: manifestFiles(m).map((f) => ({ path: f.path, bytes: f.bytes, sha256: f.sha256 })),
-    sealed: base64(sealed),
+    sealed: encodeBase64(sealed),
   };
   return JSON.stringify(out, null, 2) + "\n";
 }
 
-function base64(bytes: Uint8Array): string {
+/** Standard base64 of bytes (the sealed parts of manifests and state records). */
+export function encodeBase64(bytes: Uint8Array): string {
   let s = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
     s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
   }
   return btoa(s);
+}
+
+export function decodeBase64(text: string): Uint8Array {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
 
 function parseJson(text: string, where: string): unknown {

@@ -24,6 +24,8 @@ import {
 } from "../crypto/mod.ts";
 import { generateDataKey } from "../crypto/keys.ts";
 import {
+  decodeBase64,
+  encodeBase64,
   type EncryptionRecord,
   type FileRecord,
   type Manifest,
@@ -129,7 +131,7 @@ export class Repository {
     if (!stored.sealed) return stored.manifest;
     const dataKey = await this.dataKey(id, stored.manifest.encryption.slots);
     const where = `${this.location}/${id}/${MANIFEST_FILE}`;
-    const sealed = Uint8Array.from(atob(stored.manifest.sealed), (c) => c.charCodeAt(0));
+    const sealed = decodeBase64(stored.manifest.sealed);
     const text = new TextDecoder().decode(
       openBytes(dataKey, { setId: id, path: MANIFEST_FILE }, sealed),
     );
@@ -385,7 +387,7 @@ export class SetWriter {
       name,
       enc
         ? JSON.stringify({
-          sealed: toBase64(
+          sealed: encodeBase64(
             sealBytes(
               enc.dataKey,
               { setId: this.id, path: `${STATE_DIR}/${name}` },
@@ -420,7 +422,7 @@ export class SetWriter {
       );
       const enc = this.#encryption;
       if (enc && typeof value?.sealed === "string") {
-        const sealed = Uint8Array.from(atob(value.sealed), (c) => c.charCodeAt(0));
+        const sealed = decodeBase64(value.sealed);
         value = JSON.parse(
           new TextDecoder().decode(
             openBytes(enc.dataKey, { setId: this.id, path: `${STATE_DIR}/${name}` }, sealed),
@@ -486,14 +488,6 @@ export class SetWriter {
   async discard(): Promise<void> {
     await this.storage.remove(this.id);
   }
-}
-
-function toBase64(bytes: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(s);
 }
 
 /** Passes at most `limit` bytes; errors as soon as more arrive. */

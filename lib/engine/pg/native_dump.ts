@@ -12,8 +12,8 @@ import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.
 import type { SetWriter } from "../../repo/repository.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
 import type { Reporter } from "../../ops/progress.ts";
-import { dbnameConninfo, type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
-import { spawn } from "../../process/run.ts";
+import { type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
+import { spawnPsql } from "./psql.ts";
 import {
   type DataTable,
   exactTablePattern,
@@ -25,16 +25,6 @@ import type { PgTool } from "./tools.ts";
 
 export const DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024;
 
-/**
- * The session settings COPY text output depends on, pinned as for postgres.js connections
- * (connect.ts), so chunks read back the same anywhere; and no server-side timeout may end a
- * long COPY.
- */
-export const COPY_SESSION_ENV: Record<string, string> = {
-  PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
-    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0",
-  PGCLIENTENCODING: "UTF8",
-};
 /** Tables smaller than this (or than the chunk size) are left to pg_dump's archive. */
 export const SMALL_TABLE_BYTES = 4 * 1024 * 1024;
 /** How often one chunk is tried before the database counts as failed. */
@@ -287,26 +277,14 @@ async function dumpChunks(
       : `COPY (SELECT ${cols} FROM ONLY ${qualified} WHERE ctid >= '(${job.range.from},0)'::tid${
         job.range.to === null ? "" : ` AND ctid < '(${job.range.to},0)'::tid`
       }) TO STDOUT`;
-    const child = spawn(o.psql.path, [
-      "--no-psqlrc",
-      "--quiet",
-      "--no-password",
-      "--set",
-      "ON_ERROR_STOP=1",
-      "--command",
+    const child = spawnPsql(o.psql, o.target, o.database, [
       "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-      "--command",
       `SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`,
-      "--command",
       query,
-      "--command",
       "COMMIT",
-      "--dbname",
-      dbnameConninfo(o.database),
     ], {
       describe: `COPY of chunk ${job.chunk + 1} of ${t.schema}.${t.name}`,
-      env: { ...o.target.childEnv(), ...COPY_SESSION_ENV },
-      clearEnv: true,
+      stdout: "piped",
       signal,
     });
     const rows = new RowCounter();

@@ -9,9 +9,9 @@ import type { ChunkRecord, DatabaseRecord, FileRecord, TableRecord } from "../..
 import type { Repository } from "../../repo/repository.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
-import { dbnameConninfo, type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
-import { COPY_SESSION_ENV } from "./native_dump.ts";
-import { feedChild, spawn } from "../../process/run.ts";
+import { type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
+import { spawnPsql } from "./psql.ts";
+import { feedChild } from "../../process/run.ts";
 import { restoreArchive, withListFile } from "./pg_restore.ts";
 import {
   type ArchiveToc,
@@ -132,29 +132,15 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       `RAISE EXCEPTION 'refusing to load table %: it is not empty', ${
         quoteLiteral(`${table.schema}.${table.name}`)
       }; END IF; END${tag}`;
-    const child = spawn(o.psql.path, [
-      "--no-psqlrc",
-      "--quiet",
-      "--no-password",
-      "--set",
-      "ON_ERROR_STOP=1",
-      "--command",
+    const child = spawnPsql(o.psql, o.target, o.database, [
       "BEGIN",
-      "--command",
       guard,
-      "--command",
       `TRUNCATE ONLY ${qualified}`,
-      ...table.chunks.flatMap(() => ["--command", `COPY ${qualified}${cols} FROM STDIN (FREEZE)`]),
-      "--command",
+      ...table.chunks.map(() => `COPY ${qualified}${cols} FROM STDIN (FREEZE)`),
       "COMMIT",
-      "--dbname",
-      dbnameConninfo(o.database),
     ], {
       describe: describe(`COPY of table ${table.schema}.${table.name}`),
-      env: { ...o.target.childEnv(), ...COPY_SESSION_ENV },
-      clearEnv: true,
       stdin: "piped",
-      stdout: "null",
       signal: o.signal,
     });
     await Promise.all([feedChild(child, chunksInput(table.chunks)), child.status]);

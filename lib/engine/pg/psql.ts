@@ -1,0 +1,57 @@
+/**
+ * psql as a child that runs a few SQL commands in one session: the native engine's COPY TO and
+ * COPY FROM. Connection settings and the password reach it through the environment only.
+ */
+import { type ChildHandle, spawn } from "../../process/run.ts";
+import { dbnameConninfo, type PgTarget } from "./connect.ts";
+import type { PgTool } from "./tools.ts";
+
+/**
+ * The session settings COPY text output depends on, pinned as for postgres.js connections
+ * (connect.ts), so data reads back the same anywhere; and no server-side timeout may end a
+ * long COPY.
+ */
+const SESSION_ENV: Record<string, string> = {
+  PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0",
+  PGCLIENTENCODING: "UTF8",
+};
+
+export interface PsqlOptions {
+  describe: string;
+  /** "piped" when a command reads COPY data from stdin. */
+  stdin?: "piped" | "null";
+  /** "piped" when a command writes COPY data to stdout. */
+  stdout?: "piped" | "null";
+  signal?: AbortSignal;
+}
+
+/**
+ * Runs `commands` in order in one psql session on `database`; the first failing one ends it
+ * with a non-zero exit status. COPY ... FROM STDIN commands read stdin up to a `\.` line each.
+ */
+export function spawnPsql(
+  tool: PgTool,
+  target: PgTarget,
+  database: string,
+  commands: readonly string[],
+  options: PsqlOptions,
+): ChildHandle {
+  return spawn(tool.path, [
+    "--no-psqlrc",
+    "--quiet",
+    "--no-password",
+    "--set",
+    "ON_ERROR_STOP=1",
+    ...commands.flatMap((c) => ["--command", c]),
+    "--dbname",
+    dbnameConninfo(database),
+  ], {
+    describe: options.describe,
+    env: { ...target.childEnv(), ...SESSION_ENV },
+    clearEnv: true,
+    stdin: options.stdin ?? "null",
+    stdout: options.stdout ?? "null",
+    signal: options.signal,
+  });
+}
