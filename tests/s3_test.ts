@@ -161,3 +161,55 @@ Deno.test("S3 repository: missing or wrong credentials fail clearly and write no
     assert.match(missingBucket.stderr, /no-such-bucket/);
   });
 });
+
+Deno.test("an encrypted native set in S3 restores with its key file; the bucket holds no plaintext manifest", async () => {
+  await withS3(async (s3) => {
+    await withTwoPg(async (a, b) => {
+      const keys = await Deno.makeTempDir({ prefix: "dbbackup-test-keys-" });
+      try {
+        const key = `${keys}/k`;
+        assert.equal((await dbbackup(["key", "generate", "--out", key])).code, 0);
+        await a.createDatabase("vault");
+        await a.psql(
+          `CREATE TABLE secrets (id int PRIMARY KEY, body text);
+           INSERT INTO secrets SELECT g, md5(g::text) FROM generate_series(1, 50000) g;`,
+          { db: "vault" },
+        );
+        const before = await snapshotDatabase(a, "vault");
+        const repo = `s3://${s3.bucket}/enc`;
+        const backup = await dbbackup([
+          "--repo",
+          repo,
+          "--json",
+          "--key-file",
+          key,
+          "backup",
+          "single",
+          "vault",
+          "--engine",
+          "native",
+          "--chunk-size",
+          "256k",
+          "--encrypt",
+        ], { env: { ...pgEnv(a), ...s3Env(s3) } });
+        assert.equal(backup.code, 0, backup.stderr);
+        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const noKey = await dbbackup(["--repo", repo, "restore", "single", id, "--create"], {
+          env: { ...pgEnv(b), ...s3Env(s3) },
+        });
+        assert.equal(noKey.code, 5, noKey.stderr);
+        const restore = await dbbackup(
+          ["--repo", repo, "--key-file", key, "restore", "single", id, "--create"],
+          { env: { ...pgEnv(b), ...s3Env(s3) } },
+        );
+        assert.equal(restore.code, 0, restore.stderr);
+        assertSameSnapshot(await snapshotDatabase(b, "vault"), before, "encrypted restore from S3");
+        const verify = await dbbackup(["--repo", repo, "verify", id], { env: s3Env(s3) });
+        assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+        assert.match(verify.stdout, /encrypted: stored bytes checked/);
+      } finally {
+        await Deno.remove(keys, { recursive: true });
+      }
+    });
+  });
+});
