@@ -1,0 +1,360 @@
+/**
+ * A native backup into an S3 repository (a throwaway s3rver) killed with SIGKILL, then
+ * continued by --resume: the same set, its intact chunks reused, a damaged and an unrecorded
+ * chunk dumped again (S3 never replaces an object, so the resume must remove them first), the
+ * dead run's locks no obstacle, and a restore identical to the source.
+ *
+ * The bucket is inspected through s3rver's storage folder, not through dbbackup: an object is
+ * complete once s3rver wrote its metadata file next to its bytes.
+ */
+import { strict as assert } from "node:assert";
+import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
+import { type CliOptions, type CliResult, dbbackup, pgEnv } from "./helpers/cli.ts";
+import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
+import { type S3Server, withS3 } from "./helpers/s3_server.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/** The repository's prefix in the bucket. */
+const PREFIX = "nightly";
+
+/** How long one dbbackup run may take here before it counts as hung. */
+const RUN_LIMIT_MS = 45_000;
+
+const OBJECT = "._S3rver_object";
+const METADATA = "._S3rver_metadata.json";
+const CHUNK = /^db-\d{3}-t\d{5}-c\d{4}\.copy(\.zst|\.gz)?$/;
+
+interface ChunkRec {
+  path: string;
+  snapshot: number;
+}
+interface ManifestShape {
+  status: string;
+  databases: {
+    native: { snapshots: { id: string }[]; tables: { chunks: ChunkRec[] }[] };
+  }[];
+}
+interface ListedSet {
+  id: string;
+  status: string;
+  snapshots?: number;
+}
+interface LockShape {
+  scope: string;
+  hostname: string;
+  pid: number;
+}
+
+function s3Env(s3: S3Server): Record<string, string> {
+  return {
+    AWS_ACCESS_KEY_ID: s3.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    AWS_REGION: s3.region,
+    DBBACKUP_S3_ENDPOINT: s3.endpoint,
+  };
+}
+
+/**
+ * `dbbackup args`, SIGKILLed and failed when it runs longer than RUN_LIMIT_MS: a hung backup
+ * must fail the test, not stall the suite.
+ */
+async function cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  let pid = 0;
+  let hung = false;
+  const timer = setTimeout(() => {
+    hung = true;
+    if (pid) Deno.kill(pid, "SIGKILL");
+  }, RUN_LIMIT_MS);
+  try {
+    const r = await dbbackup(args, {
+      ...options,
+      onStart: (p) => {
+        pid = p;
+        options.onStart?.(p);
+      },
+    });
+    if (hung) {
+      throw new Error(
+        `dbbackup ${args.join(" ")} did not finish in ${RUN_LIMIT_MS} ms:\n${r.stdout}${r.stderr}`,
+      );
+    }
+    return r;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Where s3rver keeps the bytes of object `key` (relative to the repository's prefix). */
+function objectFile(s3: S3Server, key: string): string {
+  return `${s3.dataDir}/${s3.bucket}/${PREFIX}/${key}${OBJECT}`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/**
+ * The complete objects right under `dir` (relative to the repository's prefix), by name;
+ * folder markers and objects still arriving are left out.
+ */
+async function objects(s3: S3Server, dir: string): Promise<string[]> {
+  const base = `${s3.dataDir}/${s3.bucket}/${PREFIX}/${dir}`;
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(base)) {
+      if (!e.isFile || !e.name.endsWith(OBJECT)) continue;
+      const name = e.name.slice(0, -OBJECT.length);
+      if (name !== "" && await exists(`${base}/${name}${METADATA}`)) out.push(name);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  return out.sort();
+}
+
+/** The set folders (complete or not) of the repository. */
+async function setDirs(s3: S3Server): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(`${s3.dataDir}/${s3.bucket}/${PREFIX}`)) {
+      if (e.isDirectory && /^\d{8}T\d{6}Z-/.test(e.name)) out.push(e.name);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  return out.sort();
+}
+
+async function readObject(s3: S3Server, key: string): Promise<string> {
+  return await Deno.readTextFile(objectFile(s3, key));
+}
+
+/** Deletes object `key` the way s3rver does: its bytes, checksum and metadata files. */
+async function removeObject(s3: S3Server, key: string): Promise<void> {
+  const file = objectFile(s3, key);
+  for (const path of [file, `${file}.md5`, `${file.slice(0, -OBJECT.length)}${METADATA}`]) {
+    await Deno.remove(path).catch((err) => {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    });
+  }
+}
+
+async function sha256(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The chunk records the killed run kept in `<set>/state/`, with the chunk file each names. */
+async function chunkStates(s3: S3Server, id: string): Promise<{ state: string; file: string }[]> {
+  const out: { state: string; file: string }[] = [];
+  for (const name of await objects(s3, `${id}/state`)) {
+    if (!/^db-\d{3}\.t\d{5}-c\d{4}\.json$/.test(name)) continue;
+    const record = JSON.parse(await readObject(s3, `${id}/state/${name}`));
+    out.push({ state: name, file: record.file.path });
+  }
+  return out;
+}
+
+/** The lock files in the repository's `locks/` folder. */
+async function locks(s3: S3Server): Promise<LockShape[]> {
+  const out: LockShape[] = [];
+  for (const name of await objects(s3, "locks")) {
+    out.push(JSON.parse(await readObject(s3, `locks/${name}`)));
+  }
+  return out;
+}
+
+async function listSets(repo: string, s3: S3Server): Promise<ListedSet[]> {
+  const r = await cli(["--repo", repo, "--json", "list"], { env: s3Env(s3) });
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+/**
+ * Starts `dbbackup args`, waits until its (only) set in the bucket holds at least `chunks`
+ * complete chunk objects, and SIGKILLs it. Returns the set id and the killed process's pid.
+ */
+async function backupKilledAfter(
+  s3: S3Server,
+  args: string[],
+  env: Record<string, string>,
+  chunks: number,
+): Promise<{ id: string; pid: number }> {
+  let pid = 0;
+  let finished: CliResult | undefined;
+  const running = cli(args, { env, onStart: (p) => pid = p });
+  let settled = false;
+  running.then((r) => finished = r, () => {}).finally(() => settled = true);
+  let id: string;
+  try {
+    id = await waitFor(`${chunks} chunk objects`, async () => {
+      if (settled) {
+        if (!finished) await running; // throws why it failed
+        throw new Error(
+          `the backup ended (exit ${finished!.code}) before ${chunks} chunks were seen:\n${
+            finished!.stderr
+          }`,
+        );
+      }
+      const [set] = await setDirs(s3);
+      if (!set) return undefined;
+      const published = (await objects(s3, set)).filter((n) => CHUNK.test(n));
+      return published.length >= chunks ? set : undefined;
+    }, 30_000);
+  } finally {
+    if (!settled) Deno.kill(pid, "SIGKILL");
+  }
+  const result = await running;
+  assert.equal(result.code, 137, `killed by SIGKILL: ${result.stderr}`);
+  return { id, pid };
+}
+
+/**
+ * A database `db` whose table `wide` holds `rows` rows of md5 text (about 350 bytes each),
+ * plus a small table and a sequence, so that a native backup takes a while.
+ */
+async function loadWide(pg: PgServer, db: string, rows: number): Promise<void> {
+  await pg.createDatabase(db);
+  await pg.psql(
+    `CREATE TABLE wide (id bigserial PRIMARY KEY, a text, b text, n int);
+     INSERT INTO wide (a, b, n)
+       SELECT repeat(md5(g::text), 5), repeat(md5((g * 7)::text), 5), g % 1000
+       FROM generate_series(1, ${rows}) g;
+     CREATE TABLE small (k text PRIMARY KEY, v jsonb);
+     INSERT INTO small SELECT 'k' || g, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
+     CREATE SEQUENCE counter START 40;
+     SELECT nextval('counter');
+     VACUUM ANALYZE;`,
+    { db },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL, then --resume continues the same set in the bucket
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("a native backup to S3 killed with SIGKILL is continued by --resume into the same set", async () => {
+  await withS3(async (s3) => {
+    await withTwoPg(async (a, b) => {
+      await loadWide(a, "big", 20_000);
+      const before = await snapshotDatabase(a, "big");
+      const repo = `s3://${s3.bucket}/${PREFIX}`;
+      const env = { ...pgEnv(a), ...s3Env(s3) };
+      const args = [
+        "--repo",
+        repo,
+        "-j",
+        "1",
+        "backup",
+        "single",
+        "big",
+        "--engine",
+        "native",
+        "--chunk-size",
+        "128k",
+      ];
+
+      const { id, pid: killed } = await backupKilledAfter(s3, args, env, 4);
+      const published = await objects(s3, id);
+      assert.ok(!published.includes("manifest.json"), "no manifest");
+
+      // The killed run still holds its locks: shared on the repository, exclusive on the set.
+      const held = (await locks(s3)).filter((l) => l.pid === killed);
+      assert.deepEqual(
+        held.map((l) => l.scope).sort(),
+        ["repo", `set:${id}`],
+        `the killed run's locks: ${JSON.stringify(await locks(s3))}`,
+      );
+      assert.ok(held.every((l) => l.hostname === Deno.hostname()));
+
+      // The chunks the killed run recorded (a chunk is recorded after it was published).
+      const recorded = [];
+      for (const c of await chunkStates(s3, id)) {
+        if (published.includes(c.file)) recorded.push(c);
+      }
+      assert.ok(recorded.length >= 3, `recorded chunks: ${JSON.stringify(recorded)}`);
+      // One recorded chunk is damaged in the bucket; another lost its record, as when the kill
+      // lands between publishing an object and recording it. Both must be dumped again, into
+      // keys that already exist.
+      const [damaged, unrecorded, ...intact] = recorded;
+      const bytes = await Deno.readFile(objectFile(s3, `${id}/${damaged.file}`));
+      bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+      await Deno.writeFile(objectFile(s3, `${id}/${damaged.file}`), bytes);
+      await removeObject(s3, `${id}/state/${unrecorded.state}`);
+      const intactSums = new Map<string, string>();
+      for (const c of intact) {
+        intactSums.set(c.file, await sha256(objectFile(s3, `${id}/${c.file}`)));
+      }
+
+      const incomplete = await listSets(repo, s3);
+      assert.deepEqual(incomplete.map((s) => [s.id, s.status]), [[id, "incomplete"]]);
+
+      const refused = await cli(["--repo", repo, "restore", "single", id, "--create"], {
+        env: { ...pgEnv(b), ...s3Env(s3) },
+      });
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /incomplete/);
+      assert.equal(
+        await b.psql(`SELECT count(*) FROM pg_database WHERE datname = ${quoteLiteral("big")}`),
+        "0\n",
+        "the refused restore created nothing",
+      );
+      assert.equal(
+        (await locks(s3)).filter((l) => l.pid === killed).length,
+        2,
+        "list and restore leave the dead run's locks to the resume",
+      );
+
+      const resumed = await cli([...args, "--resume"], { env });
+      assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+      const out = resumed.stdout + resumed.stderr;
+      assert.ok(out.includes(`resuming the incomplete set ${id}`), out);
+      assert.match(out, new RegExp(`reused ${intact.length} chunk\\(s\\)`));
+      assert.deepEqual(await setDirs(s3), [id], "the same set, no new folder");
+      assert.deepEqual(await locks(s3), [], "the dead run's locks are gone, and the resume's");
+      assert.deepEqual(await objects(s3, `${id}/state`), [], "the resume records are gone");
+
+      const manifest: ManifestShape = JSON.parse(await readObject(s3, `${id}/manifest.json`));
+      assert.equal(manifest.status, "complete");
+      const native = manifest.databases[0].native;
+      assert.equal(native.snapshots.length, 2);
+      const chunks = new Map(native.tables.flatMap((t) => t.chunks).map((c) => [c.path, c]));
+      for (const [f, sum] of intactSums) {
+        assert.equal(chunks.get(f)?.snapshot, 0, `${f} is reused from the first snapshot`);
+        assert.equal(await sha256(objectFile(s3, `${id}/${f}`)), sum, `${f} was kept as it was`);
+      }
+      for (const f of [damaged.file, unrecorded.file]) {
+        assert.equal(chunks.get(f)?.snapshot, 1, `${f} was dumped again`);
+      }
+      assert.equal(
+        [...chunks.values()].filter((c) => c.snapshot === 0).length,
+        intact.length,
+        "only the intact recorded chunks come from the first snapshot",
+      );
+
+      const complete = await listSets(repo, s3);
+      assert.deepEqual(complete.map((s) => [s.id, s.status, s.snapshots]), [[id, "complete", 2]]);
+
+      const v = await cli(["--repo", repo, "verify", "--deep", id], { env: s3Env(s3) });
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+      assert.match(v.stdout, /note: a resumed backup: its data spans 2 snapshots/);
+
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: { ...pgEnv(b), ...s3Env(s3) },
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stderr, /warning: backup \S+ was resumed: its data spans 2 snapshots/);
+      assertSameSnapshot(await snapshotDatabase(b, "big"), before, "restore of the resumed set");
+    });
+  });
+});
