@@ -351,9 +351,7 @@ export class SetWriter {
     options: WriteFileOptions,
   ): Promise<FileRecord> {
     const enc = this.#encryption;
-    const path = `${name}${compressionSuffix(options.compression.algorithm)}${
-      enc ? ENCRYPTED_SUFFIX : ""
-    }`;
+    const path = this.storedPath(name, options.compression);
     const raw = new ChecksumStream();
     const stored = new ChecksumStream();
     let stream = data.pipeThrough(raw).pipeThrough(compressStream(options.compression));
@@ -374,6 +372,13 @@ export class SetWriter {
       rawSha256: r.sha256,
       ...(enc ? { encrypted: true } : {}),
     };
+  }
+
+  /** The path writeFile stores `name` under: with the compression and encryption suffixes. */
+  storedPath(name: string, compression: Compression): string {
+    return `${name}${compressionSuffix(compression.algorithm)}${
+      this.#encryption ? ENCRYPTED_SUFFIX : ""
+    }`;
   }
 
   /**

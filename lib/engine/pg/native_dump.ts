@@ -7,7 +7,7 @@
  * written, and recorded in a state record so an interrupted backup can be resumed.
  */
 import { DbBackupError, errorMessage, InterruptedError } from "../../errors.ts";
-import { type Compression, compressionSuffix } from "../../pipeline/compress.ts";
+import type { Compression } from "../../pipeline/compress.ts";
 import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.ts";
 import type { SetWriter } from "../../repo/repository.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
@@ -404,7 +404,7 @@ async function clearLeftovers(
 ): Promise<void> {
   if (!o.resume) return;
   if (previous) await o.set.removeFile(previous.file.path);
-  await o.set.removeFile(fileName + compressionSuffix(o.compression.algorithm));
+  await o.set.removeFile(o.set.storedPath(fileName, o.compression));
   await o.set.removeState(stateName);
 }
 
