@@ -307,7 +307,7 @@ export interface WriteFileOptions {
 
 /** Writes the files of one new set, then its manifest. */
 export class SetWriter {
-  #stateDir = false;
+  #stateDir?: Promise<void>;
   #encryption?: { dataKey: Uint8Array; record: EncryptionRecord };
   constructor(private readonly storage: Storage, readonly id: string) {}
 
@@ -405,12 +405,15 @@ export class SetWriter {
   }
 
   async #writeStateBytes(name: string, text: string): Promise<void> {
-    if (!this.#stateDir) {
-      if (!await this.storage.stat(`${this.id}/${STATE_DIR}`)) {
-        await this.storage.createDirectory(`${this.id}/${STATE_DIR}`);
-      }
-      this.#stateDir = true;
-    }
+    // Databases of a cluster backup write their records at the same time: one creates the
+    // folder, and finding it there already is fine.
+    this.#stateDir ??= (async () => {
+      if (await this.storage.stat(`${this.id}/${STATE_DIR}`)) return;
+      await this.storage.createDirectory(`${this.id}/${STATE_DIR}`).catch((err) => {
+        if (!(err instanceof DbBackupError && err.code === "exists")) throw err;
+      });
+    })();
+    await this.#stateDir;
     const bytes = new TextEncoder().encode(text);
     await this.storage.write(`${this.id}/${STATE_DIR}/${name}.json`, ReadableStream.from([bytes]));
   }

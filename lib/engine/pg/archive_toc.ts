@@ -1077,3 +1077,18 @@ export function postDataByTable(
 export function tableKey(t: TableRef): string {
   return JSON.stringify([t.schema, t.name]);
 }
+
+/**
+ * The section pg_restore restores each entry in: its own, or for an entry without one
+ * (comments, security labels, ACLs) the section of the last entry before it that has one
+ * (pre-data at the start), as pg_restore's --section filter decides.
+ */
+export function effectiveSections(toc: ArchiveToc): Map<number, TocSection> {
+  const out = new Map<number, TocSection>();
+  let current: TocSection = "pre-data";
+  for (const e of toc.entries) {
+    if (e.section !== "none") current = e.section;
+    out.set(e.dumpId, current);
+  }
+  return out;
+}

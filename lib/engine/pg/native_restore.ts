@@ -15,6 +15,7 @@ import { feedChild } from "../../process/run.ts";
 import { restoreArchive, withListFile } from "./pg_restore.ts";
 import {
   type ArchiveToc,
+  effectiveSections,
   postDataByTable,
   readArchiveToc,
   tableKey,
@@ -219,10 +220,12 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   }
   // The rest of post-data: what was not built table by table above.
   const all = await tocOf();
+  // Post-data as pg_restore's --section sees it: comments and labels on indexes, keys and
+  // triggers have no section of their own and come with the entries before them.
+  const sections = effectiveSections(all);
   const rest = new Set(
-    all.entries.filter((e) => e.section === "post-data" && !done.has(e.dumpId)).map((e) =>
-      e.dumpId
-    ),
+    all.entries.filter((e) => sections.get(e.dumpId) === "post-data" && !done.has(e.dumpId))
+      .map((e) => e.dumpId),
   );
   if (rest.size === 0) return;
   o.reporter.event({
