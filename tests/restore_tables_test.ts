@@ -486,3 +486,52 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+for (const engine of ENGINES) {
+  Deno.test(`restore --table --clean (${engine}) that fails while loading leaves the target as it was`, async () => {
+    await withTwoPg(async (a) => {
+      const repo = await tempRepo();
+      try {
+        await a.createDatabase("stock");
+        await a.psql(
+          `CREATE DOMAIN qty AS int CHECK (VALUE > 0);
+           CREATE TABLE items (id int PRIMARY KEY, q qty NOT NULL, label text);
+           CREATE INDEX items_label ON items (label);
+           INSERT INTO items SELECT g, 1 + g % 90, repeat(md5(g::text), 8)
+             FROM generate_series(1, 5000) g;`,
+          { db: "stock" },
+        );
+        const backup = await dbbackup([
+          "--repo",
+          repo,
+          "--json",
+          "backup",
+          "single",
+          "stock",
+          "--engine",
+          engine,
+          ...(engine === "native" ? ["--chunk-size", "128k"] : []),
+        ], { env: pgEnv(a) });
+        assert.equal(backup.code, 0, backup.stderr);
+        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        // After the backup: one more row, and a stricter domain that the backed-up rows with
+        // q >= 50 no longer pass, so the load fails after the table was dropped and recreated.
+        await a.psql(
+          `INSERT INTO items VALUES (5001, 7, 'after the backup');
+           ALTER DOMAIN qty ADD CONSTRAINT below_50 CHECK (VALUE < 50) NOT VALID;`,
+          { db: "stock" },
+        );
+        const before = await snapshotDatabase(a, "stock");
+        const r = await dbbackup(
+          ["--repo", repo, "--yes", "restore", "single", id, "--table", "items", "--clean"],
+          { env: pgEnv(a) },
+        );
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(r.stderr, /below_50/);
+        assertSameSnapshot(await snapshotDatabase(a, "stock"), before, "target after the failure");
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

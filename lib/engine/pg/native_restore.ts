@@ -10,9 +10,9 @@ import type { Repository } from "../../repo/repository.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
-import { spawnPsql } from "./psql.ts";
+import { spawnPsql, spawnPsqlScript } from "./psql.ts";
 import { feedChild } from "../../process/run.ts";
-import { restoreArchive, withListFile } from "./pg_restore.ts";
+import { archiveScript, restoreArchive, withListFile } from "./pg_restore.ts";
 import {
   type ArchiveToc,
   effectiveSections,
@@ -65,6 +65,80 @@ async function earlyPostData(
   return postDataByTable(toc, big);
 }
 
+/**
+ * --table/--schema: everything in one transaction of one psql session, so a failure (a chunk
+ * that does not verify, a clash in the target) leaves the target as it was, also with --clean:
+ * pg_restore's SQL for the chosen pre-data entries (with DROP ... IF EXISTS for --clean), then
+ * each chosen table's chunks as COPY ... FROM stdin with inline data, then the chosen data and
+ * post-data entries.
+ */
+async function restoreTablesInOneTransaction(
+  o: NativeRestoreOptions,
+  only: NonNullable<NativeRestoreOptions["only"]>,
+  schema: FileRecord,
+  file: (path: string) => FileRecord,
+  describe: (what: string) => string,
+): Promise<void> {
+  const tables = o.record.native!.tables.filter((t) =>
+    only.tables.some((s) => s.schema === t.schema && s.name === t.name)
+  );
+  o.reporter.event({
+    type: "step",
+    part: o.database,
+    message: `restoring ${only.tables.length} table(s) into "${o.database}" in one transaction`,
+  });
+  const script = async (section: "pre-data" | "data" | "post-data") =>
+    archiveScript(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
+      section,
+      listFile: only.listFile,
+      clean: section === "pre-data" && only.clean,
+      describe: describe(`pg_restore --section=${section} --file=-`),
+      signal: o.signal,
+    });
+  const text = (t: string) => ReadableStream.from([new TextEncoder().encode(t)]);
+  const parts: (() => Promise<ReadableStream<Uint8Array>>)[] = [() => script("pre-data")];
+  for (const t of tables) {
+    const cols = t.columns.length ? ` (${t.columns.join(", ")})` : "";
+    parts.push(() =>
+      Promise.resolve(
+        text(`COPY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}${cols} FROM stdin;\n`),
+      )
+    );
+    for (const c of t.chunks) parts.push(() => o.repo.openFile(o.setId, file(c.path)));
+    parts.push(() => Promise.resolve(ReadableStream.from([END_OF_COPY])));
+  }
+  parts.push(() => script("data"), () => script("post-data"));
+  const child = spawnPsqlScript(o.psql, o.target, o.database, {
+    describe: describe("psql --single-transaction"),
+    signal: o.signal,
+  });
+  await Promise.all([feedChild(child, concatStreams(parts)), child.status]);
+}
+
+/** The streams `parts` make, one after another, each made when the one before has ended. */
+function concatStreams(
+  parts: readonly (() => Promise<ReadableStream<Uint8Array>>)[],
+): ReadableStream<Uint8Array> {
+  let i = 0;
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      while (true) {
+        if (!reader) {
+          if (i >= parts.length) return controller.close();
+          reader = (await parts[i++]()).getReader();
+        }
+        const { done, value } = await reader.read();
+        if (!done) return controller.enqueue(value);
+        reader = undefined;
+      }
+    },
+    async cancel(reason) {
+      await reader?.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
 export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<void> {
   const layout = o.record.native;
   if (!layout) {
@@ -89,8 +163,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       database: name === "pre-data" && o.createFromArchive ? "postgres" : o.database,
       jobs,
       spool: o.spool,
-      clean: name === "pre-data" && (o.dropFirst || (o.only?.clean ?? false)),
-      listFile: o.only?.listFile,
+      clean: name === "pre-data" && o.dropFirst,
       create: name === "pre-data" && o.createFromArchive,
       section: name,
       signal: o.signal,
@@ -98,20 +171,20 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     });
   };
 
+  if (o.only) {
+    await restoreTablesInOneTransaction(o, o.only, schema, file, describe);
+    return;
+  }
+
   await section("pre-data", 1);
 
-  const only = o.only;
-  const tables = only
-    ? layout.tables.filter((t) =>
-      only.tables.some((s) => s.schema === t.schema && s.name === t.name)
-    )
-    : layout.tables;
+  const tables = layout.tables;
   // Big tables first, each table's chunks one after another: a table is complete early and its
   // indexes and keys are built (below) while the other worker still loads rows.
   const sizeOf = (t: TableRecord) => t.chunks.reduce((n, c) => n + file(c.path).rawBytes, 0);
   const ordered = [...tables].sort((a, b) => sizeOf(b) - sizeOf(a));
   const queue = [...ordered];
-  const early = only ? new Map<string, number[]>() : await earlyPostData(o, schema, ordered);
+  const early = await earlyPostData(o, schema, ordered);
   o.reporter.event({
     type: "step",
     part: o.database,

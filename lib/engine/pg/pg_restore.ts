@@ -143,3 +143,55 @@ async function feedAndWait(child: ChildHandle, input: ReadableStream<Uint8Array>
   if (fed.status === "rejected") throw fed.reason;
   if (exited.status === "rejected") throw exited.reason;
 }
+
+/**
+ * pg_restore's SQL for a section of the archive (as a script, `--file=-`), limited to a list:
+ * a stream that errors when pg_restore fails or `input` does not verify.
+ */
+export function archiveScript(
+  tool: PgTool,
+  target: PgTarget,
+  input: ReadableStream<Uint8Array>,
+  options: {
+    section: "pre-data" | "data" | "post-data";
+    listFile: string;
+    clean: boolean;
+    describe: string;
+    signal?: AbortSignal;
+  },
+): ReadableStream<Uint8Array> {
+  const args = [
+    `--section=${options.section}`,
+    "--use-list",
+    options.listFile,
+    ...(options.clean ? ["--clean", "--if-exists"] : []),
+    "--file=-",
+  ];
+  const child = spawn(tool.path, args, {
+    describe: options.describe,
+    env: target.childEnv(),
+    clearEnv: true,
+    stdin: "piped",
+    stdout: "piped",
+    signal: options.signal,
+  });
+  const fed = feedChild(child, input);
+  // Awaited when stdout ends; until then a failure must not count as unhandled.
+  fed.catch(() => {});
+  child.status.catch(() => {});
+  // Reading stdout to its end, then the feeding and the exit status decide.
+  const reader = child.stdout.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (!done) return controller.enqueue(value);
+      await Promise.all([fed, child.status]);
+      controller.close();
+    },
+    async cancel(reason) {
+      child.kill("SIGKILL");
+      await reader.cancel(reason).catch(() => {});
+      await fed.catch(() => {});
+    },
+  }, { highWaterMark: 0 });
+}

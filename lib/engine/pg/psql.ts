@@ -55,3 +55,33 @@ export function spawnPsql(
     signal: options.signal,
   });
 }
+
+/**
+ * Runs the SQL script on its stdin (psql's own format: COPY ... FROM stdin with inline data)
+ * in one transaction: any error, or psql being killed, leaves the database as it was.
+ */
+export function spawnPsqlScript(
+  tool: PgTool,
+  target: PgTarget,
+  database: string,
+  options: Omit<PsqlOptions, "stdin" | "stdout">,
+): ChildHandle {
+  return spawn(tool.path, [
+    "--no-psqlrc",
+    "--quiet",
+    "--no-password",
+    "--set",
+    "ON_ERROR_STOP=1",
+    "--single-transaction",
+    "--file=-",
+    "--dbname",
+    dbnameConninfo(database),
+  ], {
+    describe: options.describe,
+    env: { ...target.childEnv(), ...SESSION_ENV },
+    clearEnv: true,
+    stdin: "piped",
+    stdout: "null",
+    signal: options.signal,
+  });
+}
