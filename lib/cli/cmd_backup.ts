@@ -10,7 +10,7 @@ import { type CliEnv, collect, type GlobalOptions, initTarget, makeContext } fro
 import { formatBytes } from "./format.ts";
 import { writeOut } from "./reporters.ts";
 import { loadHolders } from "./keys.ts";
-import { pruneExit, resolvePolicy } from "./cmd_prune.ts";
+import { resolvePolicy } from "./cmd_prune.ts";
 import { groupOf, prune, type PruneResult } from "../ops/prune.ts";
 import { summarize } from "../repo/manifest.ts";
 
@@ -161,7 +161,8 @@ export function backupCommand(cli: CliEnv, setExit: (code: number) => void) {
     setExit(
       Math.max(
         exitFor(result),
-        pruneError ? ExitCode.partial : pruned ? pruneExit(pruned) : ExitCode.ok,
+        // The backup itself is good: a prune that did not fully work makes it "partial".
+        pruneError || (pruned && pruned.status !== "complete") ? ExitCode.partial : ExitCode.ok,
       ),
     );
   }

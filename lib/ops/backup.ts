@@ -198,17 +198,22 @@ async function claimSet(
     });
   }
   const set = await opts.repo.createSet(opts.kind, name);
+  let lock: HeldLock;
   try {
-    const lock = await acquireLock(opts.repo.storage, `set:${set.id}`, "exclusive", purpose);
-    try {
-      if (opts.encryptFor) await set.encryptFor(opts.encryptFor);
-    } catch (err) {
-      await lock.release().catch(() => {});
-      throw err;
+    lock = await acquireLock(opts.repo.storage, `set:${set.id}`, "exclusive", purpose);
+  } catch (err) {
+    // A --resume that found the new folder first holds it now: it is not ours to remove.
+    if (!(err instanceof DbBackupError && err.code === "locked")) {
+      await set.discard().catch(() => {});
     }
+    throw err;
+  }
+  try {
+    if (opts.encryptFor) await set.encryptFor(opts.encryptFor);
     return { set, lock };
   } catch (err) {
     await set.discard().catch(() => {});
+    await lock.release().catch(() => {});
     throw err;
   }
 }

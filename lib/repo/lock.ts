@@ -71,7 +71,7 @@ export async function acquireLock(
   let path = await writeLock(storage, info);
   let conflict: LockInfo | undefined;
   try {
-    for (const other of await readLocks(storage)) {
+    for (const other of await readLocksSettled(storage)) {
       if (other.path === path) continue;
       // Locks of dead processes on this host go, whatever their scope: nobody else can.
       if (isStale(other.info, now(), isAlive)) {
@@ -145,6 +145,20 @@ export async function readLocks(storage: Storage): Promise<{ path: string; info:
   return locks;
 }
 
+/**
+ * The locks, read again while one vanished between listing and reading: a holder refreshing
+ * writes its new file before removing the old one, so a second listing sees the new one.
+ */
+async function readLocksSettled(storage: Storage): Promise<{ path: string; info: LockInfo }[]> {
+  for (let attempt = 0;; attempt++) {
+    const listed = (await storage.list(LOCK_DIR)).filter((e) =>
+      !e.isDirectory && e.name.endsWith(".json")
+    ).length;
+    const locks = await readLocks(storage);
+    if (locks.length >= listed || attempt >= 3) return locks;
+  }
+}
+
 export function isStale(info: LockInfo, now: Date, isAlive: (pid: number) => boolean): boolean {
   if (info.hostname === Deno.hostname()) return !isAlive(info.pid);
   return now.getTime() - Date.parse(info.refreshedAt) > STALE_AFTER_MS;
@@ -171,6 +185,9 @@ async function writeLock(storage: Storage, info: LockInfo): Promise<string> {
 
 function processAlive(pid: number): boolean {
   if (pid === Deno.pid) return true;
+  // Without /proc (macOS, Windows) a process cannot be looked up this way: count it as alive,
+  // so its lock goes stale only by not being refreshed.
+  if (Deno.build.os !== "linux") return true;
   try {
     Deno.statSync(`/proc/${pid}`);
     return true;

@@ -214,11 +214,16 @@ export function parseStoredManifest(text: string, where: string): StoredManifest
 /** Serialises a manifest; an encrypted one as its public part plus `sealed` (base64). */
 export function sealedManifestJson(m: Manifest, sealed: Uint8Array): string {
   if (!m.encryption) throw new Error("sealedManifestJson: the manifest has no encryption record");
+  // Error texts can name tables: the public summary only says that a part failed.
+  const summary = summarize(m);
+  const hidden = "failed (the reason is in the encrypted part of the manifest)";
+  summary.databases = summary.databases.map((d) => d.error ? { ...d, error: hidden } : d);
+  if (summary.globals?.error) summary.globals = { ...summary.globals, error: hidden };
   const out: SealedManifest = {
     format: m.format,
     formatVersion: m.formatVersion,
     id: m.id,
-    summary: summarize(m),
+    summary,
     encryption: m.encryption,
     storedFiles: manifestFiles(m).map((f) => ({ path: f.path, bytes: f.bytes, sha256: f.sha256 })),
     sealed: encodeBase64(sealed),

@@ -7,6 +7,8 @@ import {
   MANIFEST_VERSION,
   manifestFiles,
   parseManifest,
+  parseStoredManifest,
+  sealedManifestJson,
 } from "./manifest.ts";
 
 const WHERE = "/repo/20261127T030000Z-cluster-db1/manifest.json";
@@ -220,3 +222,17 @@ Deno.test("parseManifest rejects malformed file entries and parts", async (t) =>
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
+
+Deno.test("an encrypted set's public manifest hides error texts, checksums of plaintext and file contents", () => {
+  const m = validManifest();
+  m.databases[0].status = "failed";
+  m.databases[0].error = 'pg_dump: permission denied for table "payroll"';
+  m.encryption = { format: "dbbkenc1", cipher: "chacha20-poly1305", slots: [] };
+  const text = sealedManifestJson(m, new Uint8Array([1, 2, 3]));
+  assert.ok(!text.includes("payroll"), text);
+  assert.ok(!text.includes("rawSha256"), text);
+  const stored = parseStoredManifest(text, WHERE);
+  assert.equal(stored.sealed, true);
+  assert.match(stored.summary.databases[0].error ?? "", /encrypted part/);
+  assert.equal(stored.summary.databases[0].status, "failed");
+});

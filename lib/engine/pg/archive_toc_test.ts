@@ -573,9 +573,13 @@ Deno.test("table-by-table restore from real pg_dump 15 archives", async (t) => {
             "ACL app TABLE orders",
             'ACL public COLUMN "MixedCase Customers"."Name"',
             'ACL public COLUMN "MixedCase Customers".id',
+            "COMMENT app CONSTRAINT orders_customer_id_fkey ON orders",
             "COMMENT app FUNCTION set_search_key()",
             'COMMENT public COLUMN "MixedCase Customers".notes',
+            'COMMENT public CONSTRAINT "MixedCase Customers email unique" ON "MixedCase Customers"',
+            'COMMENT public INDEX "customers lower(email)"',
             'COMMENT public TABLE "MixedCase Customers"',
+            'COMMENT public TRIGGER "set search key" ON "MixedCase Customers"',
             "CONSTRAINT app orders orders_pkey",
             "CONSTRAINT public MixedCase Customers MixedCase Customers email unique",
             "CONSTRAINT public MixedCase Customers MixedCase Customers_pkey",
@@ -624,7 +628,7 @@ Deno.test("table-by-table restore from real pg_dump 15 archives", async (t) => {
         for (const e of sel.entries) kinds.set(e.desc, (kinds.get(e.desc) ?? 0) + 1);
         assert.deepEqual(Object.fromEntries(kinds), {
           "TABLE": 6,
-          "COMMENT": 1,
+          "COMMENT": 2,
           "ACL": 1,
           "SEQUENCE": 1,
           "TABLE ATTACH": 4,
