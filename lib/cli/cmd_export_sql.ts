@@ -41,6 +41,7 @@ export function exportSqlCommand(cli: CliEnv) {
           output,
           pgBin: ctx.settings.pgBin?.value,
           signal: ctx.signal,
+          warn: (message) => ctx.reporter.event({ type: "warning", message }),
         });
         if (file) await file.sync();
       } catch (err) {

@@ -9,6 +9,7 @@ import { quoteIdent } from "../engine/pg/connect.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
+import { withSharedLock } from "../repo/lock.ts";
 
 export interface ExportSqlOptions {
   repo: Repository;
@@ -19,6 +20,8 @@ export interface ExportSqlOptions {
   output: WritableStream<Uint8Array>;
   pgBin?: string;
   signal?: AbortSignal;
+  /** Told when the repository is read without a lock. */
+  warn?: (message: string) => void;
 }
 
 export interface ExportSqlResult {
@@ -28,6 +31,15 @@ export interface ExportSqlResult {
 }
 
 export async function exportSql(opts: ExportSqlOptions): Promise<ExportSqlResult> {
+  return await withSharedLock(
+    opts.repo.storage,
+    "export-sql",
+    (message) => opts.warn?.(message),
+    () => exportSqlLocked(opts),
+  );
+}
+
+async function exportSqlLocked(opts: ExportSqlOptions): Promise<ExportSqlResult> {
   const setId = await opts.repo.resolveId(opts.ref);
   const manifest = await opts.repo.readManifest(setId);
   const names = manifest.databases.map((d) => d.name);

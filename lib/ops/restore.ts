@@ -18,6 +18,7 @@ import {
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import type { DatabaseRecord, FileRecord, Manifest } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
+import { withSharedLock } from "../repo/lock.ts";
 import { mapPool } from "./_pool.ts";
 import { snapshotCount } from "./list.ts";
 import { progressStream, type Reporter } from "./progress.ts";
@@ -110,6 +111,15 @@ export interface RestoreResult {
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  return await withSharedLock(
+    opts.repo.storage,
+    "restore",
+    (message) => opts.reporter.event({ type: "warning", message }),
+    () => restoreLocked(opts),
+  );
+}
+
+async function restoreLocked(opts: RestoreOptions): Promise<RestoreResult> {
   const plan = await planRestore(opts);
   for (const d of plan.databases) {
     for (const message of d.selection?.notes ?? []) {

@@ -9,6 +9,7 @@ import { feedChild, spawn } from "../process/run.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
 import { type FileRecord, type Manifest, manifestFiles } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
+import { withSharedLock } from "../repo/lock.ts";
 import { mapPool } from "./_pool.ts";
 import { snapshotCount } from "./list.ts";
 import type { Reporter } from "./progress.ts";
@@ -41,6 +42,15 @@ export interface VerifyOptions {
 }
 
 export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
+  return await withSharedLock(
+    opts.repo.storage,
+    "verify",
+    (message) => opts.reporter.event({ type: "warning", message }),
+    () => verifyLocked(opts),
+  );
+}
+
+async function verifyLocked(opts: VerifyOptions): Promise<VerifyReport> {
   const id = await opts.repo.resolveId(opts.ref);
   const stored = await opts.repo.readStoredManifest(id);
   if (stored.sealed && !opts.deep && opts.repo.openers.length === 0) {

@@ -195,3 +195,32 @@ function processAlive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * Runs `fn` holding the repository shared, so no prune removes the sets it reads meanwhile.
+ * A repository this process cannot write to (a read-only mount, read-only credentials) is
+ * read without the lock; `warn` says so.
+ */
+export async function withSharedLock<T>(
+  storage: Storage,
+  purpose: string,
+  warn: (message: string) => void,
+  fn: () => Promise<T>,
+): Promise<T> {
+  let held: HeldLock | undefined;
+  try {
+    held = await acquireLock(storage, "repo", "shared", purpose);
+  } catch (err) {
+    if (err instanceof DbBackupError && err.code === "locked") throw err;
+    warn(
+      `reading ${storage.location} without a lock (${
+        errorMessage(err)
+      }): a prune running now could remove what is being read`,
+    );
+  }
+  try {
+    return await fn();
+  } finally {
+    await held?.release().catch(() => {});
+  }
+}

@@ -1,7 +1,15 @@
 import { strict as assert } from "node:assert";
 import { DbBackupError } from "../errors.ts";
 import { LocalStorage } from "../storage/local.ts";
-import { acquireLock, LOCK_DIR, type LockInfo, readLocks, STALE_AFTER_MS } from "./lock.ts";
+import type { Storage } from "../storage/storage.ts";
+import {
+  acquireLock,
+  LOCK_DIR,
+  type LockInfo,
+  readLocks,
+  STALE_AFTER_MS,
+  withSharedLock,
+} from "./lock.ts";
 
 async function withRepo(fn: (storage: LocalStorage) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "dbbackup-lock-" });
@@ -132,5 +140,46 @@ Deno.test("any acquirer removes this host's dead locks, of any scope and mode", 
     });
     assert.deepEqual((await readLocks(storage)).map((l) => l.info.pid), [Deno.pid]);
     await held.release();
+  });
+});
+
+Deno.test("readers hold the repository shared, or read without a lock where they cannot write", async () => {
+  await withRepo(async (storage) => {
+    const prune = await acquireLock(storage, "repo", "exclusive", "prune", opts);
+    await rejects(
+      () => withSharedLock(storage, "restore", () => {}, () => Promise.resolve(1)),
+      "locked by prune",
+    );
+    await prune.release();
+    const seen = [] as string[];
+    const got = await withSharedLock(storage, "restore", (m) => seen.push(m), async () => {
+      assert.deepEqual((await readLocks(storage)).map((l) => l.info.purpose), ["restore"]);
+      return 42;
+    });
+    assert.equal(got, 42);
+    assert.equal(seen.length, 0);
+    assert.deepEqual(await readLocks(storage), [], "released afterwards");
+
+    // A repository this process cannot write to: read anyway, with a warning.
+    const readOnly: Storage = {
+      location: storage.location,
+      features: storage.features,
+      stat: (p) => storage.stat(p),
+      list: (d) => storage.list(d),
+      read: (p) => storage.read(p),
+      write: () => Promise.reject(new DbBackupError("io", "read-only file system")),
+      createDirectory: () => Promise.reject(new DbBackupError("io", "read-only file system")),
+      remove: () => Promise.reject(new DbBackupError("io", "read-only file system")),
+      freeSpace: () => storage.freeSpace(),
+    };
+    const result = await withSharedLock(
+      readOnly,
+      "verify",
+      (m) => seen.push(m),
+      () => Promise.resolve("read"),
+    );
+    assert.equal(result, "read");
+    assert.equal(seen.length, 1);
+    assert.match(seen[0], /without a lock \(read-only file system\)/);
   });
 });
