@@ -10,6 +10,12 @@ export { verify } from "./lib/ops/verify.ts";
 export type { VerifyOptions, VerifyReport } from "./lib/ops/verify.ts";
 export { list } from "./lib/ops/list.ts";
 export type { SetSummary } from "./lib/ops/list.ts";
+export { groupOf, prune } from "./lib/ops/prune.ts";
+export type { PruneOptions, PruneResult } from "./lib/ops/prune.ts";
+export { rekey } from "./lib/ops/rekey.ts";
+export { applyPolicy } from "./lib/retention/policy.ts";
+export type { Decision, RetentionPolicy, RetentionSet } from "./lib/retention/policy.ts";
+export { parseDuration } from "./lib/retention/duration.ts";
 export { status } from "./lib/ops/status.ts";
 export type { StatusReport } from "./lib/ops/status.ts";
 export type { ProgressEvent, Reporter } from "./lib/ops/progress.ts";
@@ -18,6 +24,16 @@ export type { FlagValues, Settings } from "./lib/config/settings.ts";
 export { PgTarget } from "./lib/engine/pg/connect.ts";
 export { Repository } from "./lib/repo/repository.ts";
 export { LocalStorage } from "./lib/storage/local.ts";
+export { s3OptionsFromEnv, S3Storage } from "./lib/storage/s3.ts";
+export type { S3Options } from "./lib/storage/s3.ts";
+export { acquireLock } from "./lib/repo/lock.ts";
+export {
+  generateDataKey,
+  generateIdentity,
+  generateKeyFileBytes,
+  type KeyHolder,
+  type KeyOpener,
+} from "./lib/crypto/mod.ts";
 export type { Storage } from "./lib/storage/storage.ts";
 export type { Manifest } from "./lib/repo/manifest.ts";
 export { DbBackupError, ExitCode } from "./lib/errors.ts";
