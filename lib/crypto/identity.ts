@@ -38,7 +38,7 @@ const PKCS8_PREFIX = Buffer.from("302e020100300506032b656e04220420", "hex");
 const SPKI_PREFIX = Buffer.from("302a300506032b656e032100", "hex");
 
 /** A new key pair: the identity file's text (keep it secret) and the recipient line. */
-export function generateIdentity(now = new Date()): {
+export function generateIdentity(now: Date = new Date()): {
   identityText: string;
   recipientText: string;
 } {
