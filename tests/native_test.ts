@@ -850,3 +850,40 @@ Deno.test("an encrypted native backup killed with SIGKILL is continued by --resu
     }
   });
 });
+
+Deno.test("a native restore killed with SIGKILL mid-table leaves no rows of that table behind", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "big", 120_000);
+      const backup = await cli(nativeArgs(repo, "big"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      let pid = 0;
+      const running = cli(["--repo", repo, "-j", "1", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+        onStart: (p) => pid = p,
+      });
+      // Killed while a psql child is loading rows of "wide" into the target.
+      const copying = () =>
+        q(
+          b,
+          `SELECT count(*) FROM pg_stat_activity
+            WHERE datname = 'big' AND query ILIKE 'COPY%wide%FROM stdin%' AND state = 'active'`,
+        );
+      await waitFor("a COPY into wide", async () => (await copying()) !== "0", 30_000);
+      Deno.kill(pid, "SIGKILL");
+      const killed = await running;
+      assert.equal(killed.code, 137, killed.stderr);
+      // The psql child reads end-of-file, not COMMIT: its transaction is rolled back.
+      await waitFor("the loading session to end", async () =>
+        (await q(
+          b,
+          `SELECT count(*) FROM pg_stat_activity WHERE datname = 'big' AND application_name = 'dbbackup'`,
+        )) === "0", 30_000);
+      assert.equal(await q(b, "SELECT count(*) FROM wide", "big"), "0", "no partial rows");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

@@ -5,12 +5,12 @@
  * with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
  * a mismatch stops the restore and names the chunk.
  */
-import type { ChunkRecord, DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
+import type { DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
 import type { Repository } from "../../repo/repository.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
-import { spawnPsql, spawnPsqlScript } from "./psql.ts";
+import { spawnPsqlScript } from "./psql.ts";
 import { feedChild } from "../../process/run.ts";
 import { archiveScript, restoreArchive, withListFile } from "./pg_restore.ts";
 import {
@@ -95,30 +95,49 @@ async function restoreTablesInOneTransaction(
       describe: describe(`pg_restore --section=${section} --file=-`),
       signal: o.signal,
     });
-  const text = (t: string) => ReadableStream.from([new TextEncoder().encode(t)]);
-  const parts: (() => Promise<ReadableStream<Uint8Array>>)[] = [() => script("pre-data")];
-  for (const t of tables) {
-    const cols = t.columns.length ? ` (${t.columns.join(", ")})` : "";
-    parts.push(() =>
-      Promise.resolve(
-        text(`COPY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}${cols} FROM stdin;\n`),
-      )
-    );
-    for (const c of t.chunks) parts.push(() => o.repo.openFile(o.setId, file(c.path)));
-    parts.push(() => Promise.resolve(ReadableStream.from([END_OF_COPY])));
-  }
-  parts.push(() => script("data"), () => script("post-data"));
+  // COMMIT comes last, after every chunk verified and every section written: if this process
+  // dies midway, psql reads end-of-file before it and the server rolls everything back.
+  const parts: Part[] = [
+    sql("BEGIN;\n"),
+    () => script("pre-data"),
+    ...tables.flatMap((t) => chunkCopies(o, file, t, "")),
+    () => script("data"),
+    () => script("post-data"),
+    sql("COMMIT;\n"),
+  ];
   const child = spawnPsqlScript(o.psql, o.target, o.database, {
-    describe: describe("psql --single-transaction"),
+    describe: describe("psql"),
     signal: o.signal,
   });
   await Promise.all([feedChild(child, concatStreams(parts)), child.status]);
 }
 
+/** A part of a psql script: made when the part before it has been read to its end. */
+type Part = () => Promise<ReadableStream<Uint8Array>>;
+
+/** A script part of literal SQL. */
+function sql(text: string): Part {
+  return () => Promise.resolve(ReadableStream.from([new TextEncoder().encode(text)]));
+}
+
+/** One COPY ... FROM stdin per chunk of `table`, each with its verified data inline. */
+function chunkCopies(
+  o: NativeRestoreOptions,
+  file: (path: string) => FileRecord,
+  table: TableRecord,
+  options: string,
+): Part[] {
+  const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
+  const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
+  return table.chunks.flatMap((c) => [
+    sql(`COPY ${qualified}${cols} FROM stdin${options};\n`),
+    () => o.repo.openFile(o.setId, file(c.path)),
+    () => Promise.resolve(ReadableStream.from([END_OF_COPY])),
+  ]);
+}
+
 /** The streams `parts` make, one after another, each made when the one before has ended. */
-function concatStreams(
-  parts: readonly (() => Promise<ReadableStream<Uint8Array>>)[],
-): ReadableStream<Uint8Array> {
+function concatStreams(parts: readonly Part[]): ReadableStream<Uint8Array> {
   let i = 0;
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   return new ReadableStream<Uint8Array>({
@@ -200,45 +219,30 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // is killed, so the server rolls the whole table back.
   const loadTable = async (table: TableRecord) => {
     const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
-    const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
     const tag = `$g${crypto.randomUUID().replaceAll("-", "")}$`;
     const guard = `DO ${tag}BEGIN IF EXISTS (SELECT FROM ONLY ${qualified}) THEN ` +
       `RAISE EXCEPTION 'refusing to load table %: it is not empty', ${
         quoteLiteral(`${table.schema}.${table.name}`)
       }; END IF; END${tag}`;
-    const child = spawnPsql(o.psql, o.target, o.database, [
-      "BEGIN",
-      guard,
-      `TRUNCATE ONLY ${qualified}`,
-      ...table.chunks.map(() => `COPY ${qualified}${cols} FROM STDIN (FREEZE)`),
-      "COMMIT",
-    ], {
+    // A script on stdin whose COMMIT comes last, after every chunk verified: if this process
+    // dies midway, psql reads end-of-file before COMMIT and the server rolls the table back.
+    // (psql -c commands would not: at end-of-file a COPY ends, and the COMMIT that follows
+    // would keep the rows it got.)
+    const child = spawnPsqlScript(o.psql, o.target, o.database, {
       describe: describe(`COPY of table ${table.schema}.${table.name}`),
-      stdin: "piped",
       signal: o.signal,
     });
-    await Promise.all([feedChild(child, chunksInput(table.chunks)), child.status]);
-  };
-  /** The chunks' verified data one after another, each ended by COPY's end-of-data line. */
-  const chunksInput = (chunks: readonly ChunkRecord[]): ReadableStream<Uint8Array> => {
-    let i = 0;
-    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-    return new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (!reader) {
-          if (i >= chunks.length) return controller.close();
-          reader = (await o.repo.openFile(o.setId, file(chunks[i].path))).getReader();
-        }
-        const { done, value } = await reader.read();
-        if (!done) return controller.enqueue(value);
-        reader = undefined;
-        i++;
-        controller.enqueue(END_OF_COPY);
-      },
-      async cancel(reason) {
-        await reader?.cancel(reason);
-      },
-    }, { highWaterMark: 0 });
+    await Promise.all([
+      feedChild(
+        child,
+        concatStreams([
+          sql(`BEGIN;\n${guard};\nTRUNCATE ONLY ${qualified};\n`),
+          ...chunkCopies(o, file, table, " (FREEZE)"),
+          sql("COMMIT;\n"),
+        ]),
+      ),
+      child.status,
+    ]);
   };
   let toc: ArchiveToc | undefined;
   const tocOf = async () =>

@@ -57,8 +57,10 @@ export function spawnPsql(
 }
 
 /**
- * Runs the SQL script on its stdin (psql's own format: COPY ... FROM stdin with inline data)
- * in one transaction: any error, or psql being killed, leaves the database as it was.
+ * Runs the SQL script on its stdin (psql's own format: COPY ... FROM stdin with inline data),
+ * stopping at the first error. The script brings its own BEGIN and, last, COMMIT: a script cut
+ * short (this process died) then ends without COMMIT, and the server rolls it back. (Not
+ * --single-transaction: psql commits that at end-of-file, whatever arrived.)
  */
 export function spawnPsqlScript(
   tool: PgTool,
@@ -72,7 +74,6 @@ export function spawnPsqlScript(
     "--no-password",
     "--set",
     "ON_ERROR_STOP=1",
-    "--single-transaction",
     "--file=-",
     "--dbname",
     dbnameConninfo(database),
