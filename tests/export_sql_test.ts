@@ -46,6 +46,27 @@ Deno.test("export-sql writes a script that psql alone restores identically, for 
           assert.equal(again.code, 1);
           assert.match(again.stderr, /already exists/);
           assert.ok((await Deno.stat(script)).size > 0, "the existing script is untouched");
+          // The script was published from a temporary name, which is gone.
+          const temps = [];
+          for await (const e of Deno.readDir(repo)) {
+            if (e.name.includes(".tmp-")) temps.push(e.name);
+          }
+          assert.deepEqual(temps, []);
+
+          // A database the set does not have: an error, and no script at all.
+          const missing = `${repo}/${engine}-missing.sql`;
+          const bad = await dbbackup([
+            "--repo",
+            repo,
+            "export-sql",
+            id,
+            "--database",
+            "nope",
+            "--output",
+            missing,
+          ]);
+          assert.equal(bad.code, 1, bad.stderr);
+          await assert.rejects(Deno.stat(missing), Deno.errors.NotFound);
         });
       }
     } finally {

@@ -11,17 +11,22 @@ export function exportSqlCommand(cli: CliEnv) {
     .option("-o, --output <file>", "write to this new file (0600) instead of stdout")
     .action(async (ref, opts, cmd) => {
       const ctx = await makeContext(cmd.optsWithGlobals() as GlobalOptions, {}, cli);
+      // A file is written under a temporary name and published with link(2) only when the
+      // whole script is in: a run that dies halfway never leaves a usable-looking script.
       let file: Deno.FsFile | undefined;
+      let temp: string | undefined;
       if (opts.output) {
+        if (await exists(opts.output)) {
+          throw new DbBackupError("exists", `cannot create ${opts.output}: it already exists`);
+        }
+        const slash = opts.output.lastIndexOf("/");
+        temp = `${opts.output.slice(0, slash + 1)}.${opts.output.slice(slash + 1)}.tmp-${
+          crypto.randomUUID().slice(0, 8)
+        }`;
         try {
-          file = await Deno.open(opts.output, { write: true, createNew: true, mode: 0o600 });
+          file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
         } catch (err) {
-          throw new DbBackupError(
-            err instanceof Deno.errors.AlreadyExists ? "exists" : "io",
-            `cannot create ${opts.output}: ${
-              err instanceof Deno.errors.AlreadyExists ? "it already exists" : String(err)
-            }`,
-          );
+          throw new DbBackupError("io", `cannot create ${opts.output}: ${String(err)}`);
         }
       }
       // Our own sink for the file: every write is awaited, so fsync and close see all of it.
@@ -43,13 +48,32 @@ export function exportSqlCommand(cli: CliEnv) {
           signal: ctx.signal,
           warn: (message) => ctx.reporter.event({ type: "warning", message }),
         });
-        if (file) await file.sync();
-      } catch (err) {
-        // A script that stops halfway must not look usable.
-        if (opts.output) await Deno.remove(opts.output).catch(() => {});
-        throw err;
+        if (file && temp && opts.output) {
+          await file.sync();
+          try {
+            await Deno.link(temp, opts.output);
+          } catch (err) {
+            throw new DbBackupError(
+              err instanceof Deno.errors.AlreadyExists ? "exists" : "io",
+              `cannot create ${opts.output}: ${
+                err instanceof Deno.errors.AlreadyExists ? "it already exists" : String(err)
+              }`,
+            );
+          }
+        }
       } finally {
         file?.close();
+        if (temp) await Deno.remove(temp).catch(() => {});
       }
     });
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw new DbBackupError("io", `cannot check ${path}: ${String(err)}`);
+  }
 }
