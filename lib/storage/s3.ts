@@ -50,6 +50,11 @@ export interface S3Options {
   requestTimeoutMs?: number;
   /** Keys asked for per list request (1-1000); default 1000. */
   listPageSize?: number;
+  /**
+   * A download that brings no bytes for this long is given up and asked for again from where it
+   * stopped (counts as a failed attempt); default 120 s.
+   */
+  idleTimeoutMs?: number;
 }
 
 export const DEFAULT_PART_SIZE = 8 * MiB;
@@ -113,6 +118,7 @@ export class S3Storage implements Storage {
   readonly #partsInFlight: number;
   readonly #pageSize: number;
   readonly #buffers: BufferPool;
+  readonly #idleTimeoutMs: number;
 
   constructor(location: string, options: S3Options) {
     const { bucket, prefix } = parseS3Location(location);
@@ -122,6 +128,7 @@ export class S3Storage implements Storage {
     const region = options.region || "us-east-1";
     const endpoint = parseEndpoint(options.endpoint ?? `https://s3.${region}.amazonaws.com`);
     this.#partSize = options.partSize ?? DEFAULT_PART_SIZE;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? 120_000;
     if (
       !Number.isSafeInteger(this.#partSize) || this.#partSize < MIN_PART_SIZE ||
       this.#partSize > MAX_PART_SIZE
@@ -321,11 +328,34 @@ export class S3Storage implements Storage {
     let position = offset;
     let failures = 0;
     const client = this.#client;
+    const idleMs = this.#idleTimeoutMs;
+    /** The next piece, or an error when none comes for `idleMs` (the stalled body is dropped). */
+    const readOrStall = async () => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let timedOut = false;
+      const stall = () => new Error(`no data for ${Math.round(idleMs / 1000)} s`);
+      const stalled = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          timedOut = true;
+          reject(stall());
+          // Cancelling ends the pending read as "done": that must not pass for the end.
+          reader.cancel().catch(() => {});
+        }, idleMs);
+      });
+      stalled.catch(() => {});
+      try {
+        const result = await Promise.race([reader.read(), stalled]);
+        if (timedOut) throw stall();
+        return result;
+      } finally {
+        clearTimeout(timer);
+      }
+    };
     return new ReadableStream<Uint8Array>({
       async pull(controller) {
         for (;;) {
           try {
-            const { done, value } = await reader.read();
+            const { done, value } = await readOrStall();
             if (done) {
               controller.close();
               return;

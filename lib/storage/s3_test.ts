@@ -437,3 +437,23 @@ Deno.test("S3 locations and endpoints are checked and never echo credentials", (
   );
   assert.throws(() => new S3Storage("s3://backups", { credentials, partSize: MiB }), /part size/);
 });
+
+Deno.test("S3Storage: a download that stalls is asked for again from where it stopped", async () => {
+  await withS3(async (s3) => {
+    const data = pseudoRandom(2 * MiB + 5, 21);
+    await storageOn(s3, "stall").write("f", chunked(data, MiB));
+    let stalled = 0;
+    await withProxy(s3, (req) => {
+      if (req.method !== "GET" || req.url.searchParams.has("list-type") || stalled >= 1) {
+        return undefined;
+      }
+      stalled++;
+      return { stallBodyAfter: 700_000 };
+    }, async (proxy) => {
+      const storage = storageOn(s3, "stall", { endpoint: proxy.endpoint, idleTimeoutMs: 300 });
+      assert.equal(sha256(await readAll(await storage.read("f"))), sha256(data));
+      const ranges = proxy.requests.filter((r) => r.method === "GET").map((r) => r.range);
+      assert.deepEqual(ranges, [null, "bytes=700000-"]);
+    });
+  });
+});

@@ -224,12 +224,14 @@ export interface ProxiedRequest {
 /**
  * What to do with a request instead of forwarding it plainly: answer it with `respond`;
  * forward it but answer with `lostAnswer` (the server acted, the client never heard); or
- * forward it and break the connection after `cutBodyAfter` bytes of the answer's body.
+ * forward it and break the connection after `cutBodyAfter` bytes of the answer's body; or
+ * forward it and go silent after `stallBodyAfter` bytes, keeping the connection open.
  */
 export type Fault =
   | { respond: Response }
   | { lostAnswer: Response }
-  | { cutBodyAfter: number };
+  | { cutBodyAfter: number }
+  | { stallBodyAfter: number };
 
 export interface FaultProxy {
   /** "http://127.0.0.1:PORT": use as the S3 endpoint. */
@@ -262,6 +264,8 @@ export function startFaultProxy(
   fault: (req: ProxiedRequest) => Fault | undefined,
 ): Promise<FaultProxy> {
   const requests: ProxiedRequest[] = [];
+  // Ends the stalled answers when the proxy stops.
+  const stalls = new AbortController();
   const { promise: listening, resolve } = Promise.withResolvers<number>();
   const server = Deno.serve({
     hostname: "127.0.0.1",
@@ -298,6 +302,12 @@ export function startFaultProxy(
       return action.lostAnswer;
     }
     if (!action || !res.body) return new Response(res.body, { status: res.status, headers: out });
+    if ("stallBodyAfter" in action) {
+      return new Response(stallAfter(res.body, action.stallBodyAfter, stalls), {
+        status: res.status,
+        headers: out,
+      });
+    }
     return new Response(cutAfter(res.body, action.cutBodyAfter), {
       status: res.status,
       headers: out,
@@ -306,8 +316,39 @@ export function startFaultProxy(
   return listening.then((port) => ({
     endpoint: `http://127.0.0.1:${port}`,
     requests,
-    stop: () => server.shutdown(),
+    stop: () => {
+      stalls.abort();
+      return server.shutdown();
+    },
   }));
+}
+
+/** Passes `limit` bytes, then sends nothing more until the proxy stops. */
+function stallAfter(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+  stalls: AbortController,
+): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let left = limit;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (left <= 0) {
+        // Silent, with the connection open, until the proxy is stopped.
+        await new Promise((resolve) => stalls.signal.addEventListener("abort", resolve));
+        await reader.cancel().catch(() => {});
+        return controller.close();
+      }
+      const { done, value } = await reader.read();
+      if (done) return controller.close();
+      const part = value.subarray(0, left);
+      left -= part.byteLength;
+      controller.enqueue(part);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
 }
 
 /** Passes `limit` bytes, then ends (short of the Content-Length: a broken connection). */
