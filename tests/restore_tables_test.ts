@@ -535,3 +535,46 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+Deno.test("restore --table keeps a trigger function the target has, whatever the case of its name", async () => {
+  await withTwoPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await a.createDatabase("notes");
+      await a.psql(
+        `CREATE FUNCTION "Touch It"() RETURNS trigger LANGUAGE plpgsql
+           AS $$BEGIN NEW.note := NEW.note || ' touched'; RETURN NEW; END$$;
+         CREATE TABLE t (id int PRIMARY KEY, note text);
+         CREATE TRIGGER touch BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION "Touch It"();
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');`,
+        { db: "notes" },
+      );
+      const backup = await dbbackup(["--repo", repo, "--json", "backup", "single", "notes"], {
+        env: pgEnv(a),
+      });
+      assert.equal(backup.code, 0, backup.stderr);
+      const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+      await a.psql("DROP TABLE t", { db: "notes" });
+      const r = await dbbackup(["--repo", repo, "restore", "single", id, "--table", "t"], {
+        env: pgEnv(a),
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(
+        r.stderr,
+        /kept 1 trigger function\(s\) the target already has: public\.Touch It\(\)/,
+      );
+      assert.equal(
+        await a.psql("SELECT string_agg(note, ',' ORDER BY id) FROM t", { db: "notes" }),
+        "a touched,b touched\n",
+      );
+      await a.psql("INSERT INTO t VALUES (3, 'c')", { db: "notes" });
+      assert.equal(
+        await a.psql("SELECT note FROM t WHERE id = 3", { db: "notes" }),
+        "c touched\n",
+        "the trigger fires",
+      );
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

@@ -352,7 +352,12 @@ async function planTables(
       `${action}: cannot inspect database "${target}"`,
       async (sql) => {
         for (const f of selection.functions) {
-          const name = `${quoteIdent(f.schema)}.${f.signature}`;
+          // pg_dump's tag is "name(argument types)": the types come quoted as needed, the
+          // name does not.
+          const open = f.signature.indexOf("(");
+          const name = `${quoteIdent(f.schema)}.${quoteIdent(f.signature.slice(0, open))}${
+            f.signature.slice(open)
+          }`;
           const [r] = await sql<{ found: boolean }[]>`
             SELECT to_regprocedure(${name}) IS NOT NULL AS found`;
           if (r.found) presentFunctions.add(f.dumpId);
