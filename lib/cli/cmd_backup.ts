@@ -32,7 +32,7 @@ const recipientOption = () =>
   new Option(
     "--recipient <file>",
     "public key file to encrypt for (repeatable; implies --encrypt); its identity restores",
-  ).argParser(collect).default([] as string[]);
+  ).argParser(collect);
 
 /**
  * zstd:3 by default; the native engine defaults to zstd:1, about twice as fast and still

@@ -84,14 +84,14 @@ export function buildProgram(cli: CliEnv, setExit: (code: number) => void) {
         "--key-file <file>",
         "key file (0600, 32 bytes) that opens encrypted sets (repeatable)",
       )
-        .argParser(collect).default([] as string[]),
+        .argParser(collect),
     )
     .addOption(
       new Option(
         "--identity <file>",
         "identity file (0600) that opens sets encrypted for it (repeatable)",
       )
-        .argParser(collect).default([] as string[]),
+        .argParser(collect),
     )
     .option("--json", "machine-readable output: JSON events and a summary object")
     .option("-q, --quiet", "print only warnings, errors and failures")
