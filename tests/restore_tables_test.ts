@@ -578,3 +578,66 @@ Deno.test("restore --table keeps a trigger function the target has, whatever the
     }
   });
 });
+
+for (const engine of ENGINES) {
+  Deno.test(`restore --table (${engine}) uses a sequence shared with a table the target keeps as it is`, async () => {
+    await withTwoPg(async (a) => {
+      const repo = await tempRepo();
+      try {
+        await a.createDatabase("ledger");
+        await a.psql(
+          `CREATE SEQUENCE entry_ids;
+           CREATE TABLE credits (id bigint PRIMARY KEY DEFAULT nextval('entry_ids'), amount int);
+           CREATE TABLE debits (id bigint PRIMARY KEY DEFAULT nextval('entry_ids'), amount int);
+           ALTER SEQUENCE entry_ids OWNED BY credits.id;
+           INSERT INTO credits (amount) SELECT g FROM generate_series(1, 3000) g;
+           INSERT INTO debits (amount) SELECT -g FROM generate_series(1, 3000) g;`,
+          { db: "ledger" },
+        );
+        const backup = await dbbackup([
+          "--repo",
+          repo,
+          "--json",
+          "backup",
+          "single",
+          "ledger",
+          "--engine",
+          engine,
+          ...(engine === "native" ? ["--chunk-size", "16k"] : []),
+        ], { env: pgEnv(a) });
+        assert.equal(backup.code, 0, backup.stderr);
+        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const source = await snapshotDatabase(a, "ledger");
+        // Later: credits goes on using the sequence, debits is lost.
+        await a.psql("INSERT INTO credits (amount) VALUES (99); DROP TABLE debits;", {
+          db: "ledger",
+        });
+        const value = await a.psql("SELECT last_value FROM entry_ids", { db: "ledger" });
+        const r = await dbbackup(["--repo", repo, "restore", "single", id, "--table", "debits"], {
+          env: pgEnv(a),
+        });
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(
+          r.stderr,
+          /kept 1 sequence\(s\) the target already has, with their values: public\.entry_ids/,
+        );
+        assert.equal(
+          await a.psql("SELECT last_value FROM entry_ids", { db: "ledger" }),
+          value,
+          "the sequence value is not turned back",
+        );
+        const after = await snapshotDatabase(a, "ledger");
+        assert.deepEqual(after.tables["public.debits"], source.tables["public.debits"]);
+        // New debits take ids after everything handed out so far.
+        const next = Number(
+          await a.psql("INSERT INTO debits (amount) VALUES (-1) RETURNING id", {
+            db: "ledger",
+          }),
+        );
+        assert.equal(next, Number(value) + 1);
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

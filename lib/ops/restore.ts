@@ -13,6 +13,7 @@ import {
   schemasNeeded,
   selectForTables,
   type TableRef,
+  type TocEntry,
   tocListFile,
 } from "../engine/pg/archive_toc.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
@@ -365,11 +366,52 @@ async function planTables(
       },
     );
   }
-  const ids = new Set([...selection.dumpIds].filter((id) => !presentFunctions.has(id)));
+  // A sequence the target has while none of the chosen tables is there to be replaced belongs
+  // to something the target keeps (a table sharing it): it is used as it is, value included.
+  // (An identity sequence is part of its table and is never skipped.)
+  const keptSequences: TocEntry[] = [];
+  if (targetExists && existing.length === 0) {
+    const candidates = selection.entries.filter((e) =>
+      e.desc === "SEQUENCE" && !/\bADD GENERATED\b/.test(e.defn ?? "")
+    );
+    if (candidates.length > 0) {
+      await opts.target.withSql(
+        target,
+        `${action}: cannot inspect database "${target}"`,
+        async (sql) => {
+          for (const e of candidates) {
+            const name = `${quoteIdent(e.namespace ?? "public")}.${quoteIdent(e.tag)}`;
+            const [r] = await sql<{ found: boolean }[]>`
+              SELECT to_regclass(${name}) IS NOT NULL AS found`;
+            if (r.found) keptSequences.push(e);
+          }
+        },
+      );
+    }
+  }
+  const skipped = new Set([
+    ...presentFunctions,
+    ...keptSequences.map((e) => e.dumpId),
+    // Their SEQUENCE SET, OWNED BY, comments and privileges (not the tables and defaults
+    // that use them).
+    ...selection.entries.filter((e) =>
+      SEQUENCE_PARTS.has(e.desc) &&
+      e.deps.some((d) => keptSequences.some((k) => k.dumpId === d))
+    ).map((e) => e.dumpId),
+  ]);
+  const ids = new Set([...selection.dumpIds].filter((id) => !skipped.has(id)));
   const kept = selection.functions.filter((f) => presentFunctions.has(f.dumpId));
   const notes = selection.notes.filter((n) =>
-    !kept.some((f) => n.startsWith("restoring function ") && n.includes(`.${f.signature} too`))
+    !kept.some((f) => n.startsWith("restoring function ") && n.includes(`.${f.signature} too`)) &&
+    !keptSequences.some((e) => n.startsWith(`restoring sequence ${e.namespace}.${e.tag} `))
   );
+  if (keptSequences.length > 0) {
+    notes.push(
+      `kept ${keptSequences.length} sequence(s) the target already has, with their values: ${
+        keptSequences.map((e) => `${e.namespace}.${e.tag}`).join(", ")
+      }`,
+    );
+  }
   if (kept.length > 0) {
     notes.push(
       `kept ${kept.length} trigger function(s) the target already has: ${
@@ -400,6 +442,9 @@ async function planTables(
     },
   };
 }
+
+/** What pg_dump writes about a sequence besides creating it. */
+const SEQUENCE_PARTS = new Set(["SEQUENCE SET", "SEQUENCE OWNED BY", "COMMENT", "ACL"]);
 
 /** Every file the plan reads must match its manifest before anything is changed. */
 async function verifyBeforeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<void> {
