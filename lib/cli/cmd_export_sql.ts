@@ -1,6 +1,7 @@
 import { Command } from "@commander-js/extra-typings";
 import { DbBackupError } from "../errors.ts";
 import { exportSql } from "../ops/export_sql.ts";
+import { LocalStorage } from "../storage/local.ts";
 import { type CliEnv, type GlobalOptions, makeContext } from "./context.ts";
 
 export function exportSqlCommand(cli: CliEnv) {
@@ -11,35 +12,8 @@ export function exportSqlCommand(cli: CliEnv) {
     .option("-o, --output <file>", "write to this new file (0600) instead of stdout")
     .action(async (ref, opts, cmd) => {
       const ctx = await makeContext(cmd.optsWithGlobals() as GlobalOptions, {}, cli);
-      // A file is written under a temporary name and published with link(2) only when the
-      // whole script is in: a run that dies halfway never leaves a usable-looking script.
-      let file: Deno.FsFile | undefined;
-      let temp: string | undefined;
-      if (opts.output) {
-        if (await exists(opts.output)) {
-          throw new DbBackupError("exists", `cannot create ${opts.output}: it already exists`);
-        }
-        const slash = opts.output.lastIndexOf("/");
-        temp = `${opts.output.slice(0, slash + 1)}.${opts.output.slice(slash + 1)}.tmp-${
-          crypto.randomUUID().slice(0, 8)
-        }`;
-        try {
-          file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
-        } catch (err) {
-          throw new DbBackupError("io", `cannot create ${opts.output}: ${String(err)}`);
-        }
-      }
-      // Our own sink for the file: every write is awaited, so fsync and close see all of it.
-      const sink = file;
-      const output = sink
-        ? new WritableStream<Uint8Array>({
-          async write(chunk) {
-            for (let at = 0; at < chunk.byteLength;) at += await sink.write(chunk.subarray(at));
-          },
-        })
-        : Deno.stdout.writable;
-      try {
-        await exportSql({
+      const run = (output: WritableStream<Uint8Array>) =>
+        exportSql({
           repo: ctx.repo,
           ref,
           database: opts.database,
@@ -48,32 +22,29 @@ export function exportSqlCommand(cli: CliEnv) {
           signal: ctx.signal,
           warn: (message) => ctx.reporter.event({ type: "warning", message }),
         });
-        if (file && temp && opts.output) {
-          await file.sync();
-          try {
-            await Deno.link(temp, opts.output);
-          } catch (err) {
-            throw new DbBackupError(
-              err instanceof Deno.errors.AlreadyExists ? "exists" : "io",
-              `cannot create ${opts.output}: ${
-                err instanceof Deno.errors.AlreadyExists ? "it already exists" : String(err)
-              }`,
-            );
-          }
-        }
-      } finally {
-        file?.close();
-        if (temp) await Deno.remove(temp).catch(() => {});
+      if (!opts.output) {
+        await run(Deno.stdout.writable);
+        return;
       }
+      // The file is written as backup files are (temporary name, fsync, link(2), 0600): a run
+      // that fails or dies halfway never leaves a usable-looking script, and nothing existing
+      // is replaced.
+      const slash = opts.output.lastIndexOf("/");
+      const folder = new LocalStorage(slash < 0 ? "." : opts.output.slice(0, slash) || "/");
+      const name = opts.output.slice(slash + 1);
+      if (await folder.stat(name)) {
+        throw new DbBackupError("exists", `cannot create ${opts.output}: it already exists`);
+      }
+      const pipe = new TransformStream<Uint8Array, Uint8Array>();
+      const writing = folder.write(name, pipe.readable);
+      try {
+        await run(pipe.writable);
+      } catch (err) {
+        await pipe.writable.abort(err).catch(() => {});
+        await writing.catch(() => {});
+        throw err;
+      }
+      await pipe.writable.close();
+      await writing;
     });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw new DbBackupError("io", `cannot check ${path}: ${String(err)}`);
-  }
 }

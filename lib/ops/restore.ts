@@ -538,7 +538,7 @@ async function restoreDatabase(
   opts: RestoreOptions,
   plan: RestorePlan,
   db: PlannedDatabase,
-  { pgRestore, psql }: Tools,
+  tools: Tools,
   jobs: number,
 ): Promise<void> {
   opts.reporter.event({
@@ -548,60 +548,8 @@ async function restoreDatabase(
   });
   if (db.action === "recreate") await dropDatabase(opts.target, db.target);
   if (db.action === "create" || db.action === "recreate") await createDatabase(opts.target, db);
-  if (db.selection) {
-    const selection = db.selection;
-    try {
-      await createSchemas(opts.target, db.target, selection.schemas);
-      await withListFile(
-        selection.list,
-        (listFile) => restoreTables(opts, plan, db, { pgRestore, psql }, jobs, listFile),
-      );
-    } catch (err) {
-      if (db.action === "create") await dropDatabase(opts.target, db.target).catch(() => {});
-      throw err;
-    }
-    return;
-  }
-  const fromArchive = db.action === "create-from-archive" || db.action === "drop-and-create";
-  if (plan.manifest.engine === "native") {
-    try {
-      await restoreDatabaseNative({
-        target: opts.target,
-        repo: opts.repo,
-        setId: plan.setId,
-        record: db.record,
-        database: db.target,
-        createFromArchive: fromArchive,
-        dropFirst: db.action === "drop-and-create",
-        jobs,
-        spool: spoolAllowed(opts, plan),
-        pgRestore,
-        psql,
-        reporter: opts.reporter,
-        signal: opts.signal,
-      });
-    } catch (err) {
-      // A database this restore created and could not fill is removed again.
-      if (db.action === "create" || db.action === "create-from-archive") {
-        await dropDatabase(opts.target, db.target).catch(() => {});
-      }
-      throw err;
-    }
-    return;
-  }
-  const input = (await opts.repo.openFile(plan.setId, db.file)).pipeThrough(
-    progressStream(opts.reporter, db.target, db.file.rawBytes),
-  );
   try {
-    await restoreArchive(pgRestore, opts.target, input, {
-      database: fromArchive ? "postgres" : db.target,
-      jobs,
-      spool: spoolAllowed(opts, plan),
-      clean: db.action === "clean" || db.action === "drop-and-create",
-      create: fromArchive,
-      signal: opts.signal,
-      describe: `pg_restore of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
-    });
+    await fillDatabase(opts, plan, db, tools, jobs);
   } catch (err) {
     // A database this restore created and could not fill is removed again.
     if (db.action === "create" || db.action === "create-from-archive") {
@@ -609,6 +557,56 @@ async function restoreDatabase(
     }
     throw err;
   }
+}
+
+/** The restore proper: chosen tables, a native set, or a pg_dump archive. */
+async function fillDatabase(
+  opts: RestoreOptions,
+  plan: RestorePlan,
+  db: PlannedDatabase,
+  { pgRestore, psql }: Tools,
+  jobs: number,
+): Promise<void> {
+  if (db.selection) {
+    const selection = db.selection;
+    await createSchemas(opts.target, db.target, selection.schemas);
+    await withListFile(
+      selection.list,
+      (listFile) => restoreTables(opts, plan, db, { pgRestore, psql }, jobs, listFile),
+    );
+    return;
+  }
+  const fromArchive = db.action === "create-from-archive" || db.action === "drop-and-create";
+  if (plan.manifest.engine === "native") {
+    await restoreDatabaseNative({
+      target: opts.target,
+      repo: opts.repo,
+      setId: plan.setId,
+      record: db.record,
+      database: db.target,
+      createFromArchive: fromArchive,
+      dropFirst: db.action === "drop-and-create",
+      jobs,
+      spool: spoolAllowed(opts, plan),
+      pgRestore,
+      psql,
+      reporter: opts.reporter,
+      signal: opts.signal,
+    });
+    return;
+  }
+  const input = (await opts.repo.openFile(plan.setId, db.file)).pipeThrough(
+    progressStream(opts.reporter, db.target, db.file.rawBytes),
+  );
+  await restoreArchive(pgRestore, opts.target, input, {
+    database: fromArchive ? "postgres" : db.target,
+    jobs,
+    spool: spoolAllowed(opts, plan),
+    clean: db.action === "clean" || db.action === "drop-and-create",
+    create: fromArchive,
+    signal: opts.signal,
+    describe: `pg_restore of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
+  });
 }
 
 /** --table/--schema: the chosen entries of the archive, and for the native engine their chunks. */

@@ -55,14 +55,12 @@ const EARLY_POST_DATA_BYTES = 32 * 1024 * 1024;
 
 /** Which post-data entries of the big tables can be restored as soon as each table is loaded. */
 async function earlyPostData(
-  o: NativeRestoreOptions,
-  schema: FileRecord,
+  tocOf: () => Promise<ArchiveToc>,
   tables: readonly TableRecord[],
 ): Promise<Map<string, number[]>> {
   const big = tables.filter((t) => t.chunks.length > 1 || t.bytes >= EARLY_POST_DATA_BYTES);
   if (big.length === 0) return new Map();
-  const toc = await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
-  return postDataByTable(toc, big);
+  return postDataByTable(await tocOf(), big);
 }
 
 /**
@@ -203,7 +201,11 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   const sizeOf = (t: TableRecord) => t.chunks.reduce((n, c) => n + file(c.path).rawBytes, 0);
   const ordered = [...tables].sort((a, b) => sizeOf(b) - sizeOf(a));
   const queue = [...ordered];
-  const early = await earlyPostData(o, schema, ordered);
+  // The schema archive's table of contents, read (its start only) once if at all.
+  let toc: ArchiveToc | undefined;
+  const tocOf = async () =>
+    toc ??= await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
+  const early = await earlyPostData(tocOf, ordered);
   o.reporter.event({
     type: "step",
     part: o.database,
@@ -244,9 +246,6 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       child.status,
     ]);
   };
-  let toc: ArchiveToc | undefined;
-  const tocOf = async () =>
-    toc ??= await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
   let failed = false;
   const worker = async () => {
     while (queue.length > 0 && !failed) {

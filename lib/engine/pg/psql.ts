@@ -37,23 +37,7 @@ export function spawnPsql(
   commands: readonly string[],
   options: PsqlOptions,
 ): ChildHandle {
-  return spawn(tool.path, [
-    "--no-psqlrc",
-    "--quiet",
-    "--no-password",
-    "--set",
-    "ON_ERROR_STOP=1",
-    ...commands.flatMap((c) => ["--command", c]),
-    "--dbname",
-    dbnameConninfo(database),
-  ], {
-    describe: options.describe,
-    env: { ...target.childEnv(), ...SESSION_ENV },
-    clearEnv: true,
-    stdin: options.stdin ?? "null",
-    stdout: options.stdout ?? "null",
-    signal: options.signal,
-  });
+  return start(tool, target, database, commands.flatMap((c) => ["--command", c]), options);
 }
 
 /**
@@ -68,21 +52,31 @@ export function spawnPsqlScript(
   database: string,
   options: Omit<PsqlOptions, "stdin" | "stdout">,
 ): ChildHandle {
+  return start(tool, target, database, ["--file=-"], { ...options, stdin: "piped" });
+}
+
+function start(
+  tool: PgTool,
+  target: PgTarget,
+  database: string,
+  what: readonly string[],
+  options: PsqlOptions,
+): ChildHandle {
   return spawn(tool.path, [
     "--no-psqlrc",
     "--quiet",
     "--no-password",
     "--set",
     "ON_ERROR_STOP=1",
-    "--file=-",
+    ...what,
     "--dbname",
     dbnameConninfo(database),
   ], {
     describe: options.describe,
     env: { ...target.childEnv(), ...SESSION_ENV },
     clearEnv: true,
-    stdin: "piped",
-    stdout: "null",
+    stdin: options.stdin ?? "null",
+    stdout: options.stdout ?? "null",
     signal: options.signal,
   });
 }
