@@ -128,7 +128,23 @@ export async function acquireLock(
 
 /** Every lock file of the repository that can be read (a file removed meanwhile is skipped). */
 export async function readLocks(storage: Storage): Promise<{ path: string; info: LockInfo }[]> {
+  return (await readListed(storage)).locks;
+}
+
+/**
+ * The locks, read again while one vanished between listing and reading: a holder refreshing
+ * writes its new file before removing the old one, so a second listing sees the new one.
+ */
+async function readLocksSettled(storage: Storage): Promise<{ path: string; info: LockInfo }[]> {
+  for (let attempt = 0;; attempt++) {
+    const { locks, vanished } = await readListed(storage);
+    if (vanished === 0 || attempt >= 3) return locks;
+  }
+}
+
+async function readListed(storage: Storage) {
   const locks: { path: string; info: LockInfo }[] = [];
+  let vanished = 0;
   for (const entry of await storage.list(LOCK_DIR)) {
     if (entry.isDirectory || !entry.name.endsWith(".json")) continue;
     const path = `${LOCK_DIR}/${entry.name}`;
@@ -138,25 +154,14 @@ export async function readLocks(storage: Storage): Promise<{ path: string; info:
         locks.push({ path, info });
       }
     } catch (err) {
-      if (err instanceof DbBackupError && err.code === "not_found") continue;
+      if (err instanceof DbBackupError && err.code === "not_found") {
+        vanished++;
+        continue;
+      }
       throw new DbBackupError("io", `cannot read lock ${path}: ${errorMessage(err)}`);
     }
   }
-  return locks;
-}
-
-/**
- * The locks, read again while one vanished between listing and reading: a holder refreshing
- * writes its new file before removing the old one, so a second listing sees the new one.
- */
-async function readLocksSettled(storage: Storage): Promise<{ path: string; info: LockInfo }[]> {
-  for (let attempt = 0;; attempt++) {
-    const listed = (await storage.list(LOCK_DIR)).filter((e) =>
-      !e.isDirectory && e.name.endsWith(".json")
-    ).length;
-    const locks = await readLocks(storage);
-    if (locks.length >= listed || attempt >= 3) return locks;
-  }
+  return { locks, vanished };
 }
 
 export function isStale(info: LockInfo, now: Date, isAlive: (pid: number) => boolean): boolean {
