@@ -345,13 +345,27 @@ async function planTables(
       }; add --clean to drop and restore them`,
     );
   }
-  // Trigger functions the target has already are used as they are, not created again.
+  // What the target already has is used as it is, not created again: trigger functions; and a
+  // sequence, while none of the chosen tables is there to be replaced (it belongs to something
+  // the target keeps, a table sharing it), value included. An identity sequence is part of its
+  // table and is never skipped.
   const presentFunctions = new Set<number>();
-  if (targetExists && selection.functions.length > 0) {
+  const keptSequences: TocEntry[] = [];
+  const sequences = existing.length > 0
+    ? []
+    : selection.entries.filter((e) =>
+      e.desc === "SEQUENCE" && !/\bADD GENERATED\b/.test(e.defn ?? "")
+    );
+  if (targetExists && selection.functions.length + sequences.length > 0) {
     await opts.target.withSql(
       target,
       `${action}: cannot inspect database "${target}"`,
       async (sql) => {
+        const exists = async (lookup: "to_regprocedure" | "to_regclass", name: string) =>
+          (await sql.unsafe<{ found: boolean }[]>(
+            `SELECT ${lookup}($1) IS NOT NULL AS found`,
+            [name],
+          ))[0].found;
         for (const f of selection.functions) {
           // pg_dump's tag is "name(argument types)": the types come quoted as needed, the
           // name does not.
@@ -359,35 +373,14 @@ async function planTables(
           const name = `${quoteIdent(f.schema)}.${quoteIdent(f.signature.slice(0, open))}${
             f.signature.slice(open)
           }`;
-          const [r] = await sql<{ found: boolean }[]>`
-            SELECT to_regprocedure(${name}) IS NOT NULL AS found`;
-          if (r.found) presentFunctions.add(f.dumpId);
+          if (await exists("to_regprocedure", name)) presentFunctions.add(f.dumpId);
+        }
+        for (const e of sequences) {
+          const name = `${quoteIdent(e.namespace ?? "public")}.${quoteIdent(e.tag)}`;
+          if (await exists("to_regclass", name)) keptSequences.push(e);
         }
       },
     );
-  }
-  // A sequence the target has while none of the chosen tables is there to be replaced belongs
-  // to something the target keeps (a table sharing it): it is used as it is, value included.
-  // (An identity sequence is part of its table and is never skipped.)
-  const keptSequences: TocEntry[] = [];
-  if (targetExists && existing.length === 0) {
-    const candidates = selection.entries.filter((e) =>
-      e.desc === "SEQUENCE" && !/\bADD GENERATED\b/.test(e.defn ?? "")
-    );
-    if (candidates.length > 0) {
-      await opts.target.withSql(
-        target,
-        `${action}: cannot inspect database "${target}"`,
-        async (sql) => {
-          for (const e of candidates) {
-            const name = `${quoteIdent(e.namespace ?? "public")}.${quoteIdent(e.tag)}`;
-            const [r] = await sql<{ found: boolean }[]>`
-              SELECT to_regclass(${name}) IS NOT NULL AS found`;
-            if (r.found) keptSequences.push(e);
-          }
-        },
-      );
-    }
   }
   const skipped = new Set([
     ...presentFunctions,
