@@ -11,6 +11,8 @@ import {
   type CliOptions,
   type CliResult,
   dbbackup,
+  dbbackupKilledWhen,
+  loadWide,
   lockFiles,
   pgEnv,
   setDirs,
@@ -160,61 +162,24 @@ function summary(r: CliResult): { setId: string; status: string } {
   return JSON.parse(r.stdout.trim().split("\n").at(-1)!);
 }
 
-/**
- * Starts `dbbackup args`, waits until its (only) set in `repo` holds at least `chunks`
- * published chunk files, and SIGKILLs it. Returns the set id and the killed run's result.
- */
+/** Runs a native backup and SIGKILLs it once `chunks` chunk files are published. */
 async function backupKilledAfter(
   repo: string,
   args: string[],
   env: Record<string, string>,
   chunks: number,
 ): Promise<{ id: string; result: CliResult }> {
-  let pid = 0;
-  let finished: CliResult | undefined;
-  const running = cli(args, { env, onStart: (p) => pid = p });
-  let settled = false;
-  running.then((r) => finished = r, () => {}).finally(() => settled = true);
-  let id: string;
-  try {
-    id = await waitFor(`${chunks} chunk files`, async () => {
-      if (settled) {
-        if (!finished) await running; // throws why it failed
-        throw new Error(
-          `the backup ended (exit ${finished!.code}) before ${chunks} chunks were seen:\n${
-            finished!.stderr
-          }`,
-        );
-      }
+  const { value: id, result } = await dbbackupKilledWhen(
+    args,
+    env,
+    `${chunks} chunk files`,
+    async () => {
       const [set] = await setDirs(repo);
       return set && (await chunkFiles(repo, set)).length >= chunks ? set : undefined;
-    });
-  } finally {
-    if (!settled) Deno.kill(pid, "SIGKILL");
-  }
-  const result = await running;
-  assert.equal(result.code, 137, `killed by SIGKILL: ${result.stderr}`);
-  return { id, result };
-}
-
-/**
- * A database `db` whose table `wide` holds `rows` rows of md5 text (about 350 bytes each),
- * plus a small table and a sequence, so that a native backup takes a while.
- */
-async function loadWide(pg: PgServer, db: string, rows: number): Promise<void> {
-  await pg.createDatabase(db);
-  await pg.psql(
-    `CREATE TABLE wide (id bigserial PRIMARY KEY, a text, b text, n int);
-     INSERT INTO wide (a, b, n)
-       SELECT repeat(md5(g::text), 5), repeat(md5((g * 7)::text), 5), g % 1000
-       FROM generate_series(1, ${rows}) g;
-     CREATE TABLE small (k text PRIMARY KEY, v jsonb);
-     INSERT INTO small SELECT 'k' || g, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
-     CREATE SEQUENCE counter START 40;
-     SELECT nextval('counter');
-     VACUUM ANALYZE;`,
-    { db },
+    },
+    cli,
   );
+  return { id, result };
 }
 
 // ---------------------------------------------------------------------------------------------

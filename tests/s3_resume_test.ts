@@ -9,10 +9,16 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { type CliOptions, type CliResult, dbbackup, pgEnv } from "./helpers/cli.ts";
-import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
+import {
+  type CliOptions,
+  type CliResult,
+  dbbackup,
+  dbbackupKilledWhen,
+  loadWide,
+  pgEnv,
+} from "./helpers/cli.ts";
+import { quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 import { type S3Server, withS3 } from "./helpers/s3_server.ts";
-import { waitFor } from "./helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -190,53 +196,19 @@ async function backupKilledAfter(
   env: Record<string, string>,
   chunks: number,
 ): Promise<{ id: string; pid: number }> {
-  let pid = 0;
-  let finished: CliResult | undefined;
-  const running = cli(args, { env, onStart: (p) => pid = p });
-  let settled = false;
-  running.then((r) => finished = r, () => {}).finally(() => settled = true);
-  let id: string;
-  try {
-    id = await waitFor(`${chunks} chunk objects`, async () => {
-      if (settled) {
-        if (!finished) await running; // throws why it failed
-        throw new Error(
-          `the backup ended (exit ${finished!.code}) before ${chunks} chunks were seen:\n${
-            finished!.stderr
-          }`,
-        );
-      }
+  const { value: id, pid } = await dbbackupKilledWhen(
+    args,
+    env,
+    `${chunks} chunk objects`,
+    async () => {
       const [set] = await setDirs(s3);
       if (!set) return undefined;
       const published = (await objects(s3, set)).filter((n) => CHUNK.test(n));
       return published.length >= chunks ? set : undefined;
-    }, 30_000);
-  } finally {
-    if (!settled) Deno.kill(pid, "SIGKILL");
-  }
-  const result = await running;
-  assert.equal(result.code, 137, `killed by SIGKILL: ${result.stderr}`);
-  return { id, pid };
-}
-
-/**
- * A database `db` whose table `wide` holds `rows` rows of md5 text (about 350 bytes each),
- * plus a small table and a sequence, so that a native backup takes a while.
- */
-async function loadWide(pg: PgServer, db: string, rows: number): Promise<void> {
-  await pg.createDatabase(db);
-  await pg.psql(
-    `CREATE TABLE wide (id bigserial PRIMARY KEY, a text, b text, n int);
-     INSERT INTO wide (a, b, n)
-       SELECT repeat(md5(g::text), 5), repeat(md5((g * 7)::text), 5), g % 1000
-       FROM generate_series(1, ${rows}) g;
-     CREATE TABLE small (k text PRIMARY KEY, v jsonb);
-     INSERT INTO small SELECT 'k' || g, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
-     CREATE SEQUENCE counter START 40;
-     SELECT nextval('counter');
-     VACUUM ANALYZE;`,
-    { db },
+    },
+    cli,
   );
+  return { id, pid };
 }
 
 // ---------------------------------------------------------------------------------------------

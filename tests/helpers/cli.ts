@@ -4,6 +4,7 @@
  */
 import { spawn } from "../../lib/process/run.ts";
 import { cleanEnv, type PgServer } from "./pg_server.ts";
+import { waitFor } from "./wait.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
@@ -71,4 +72,65 @@ export async function loadAwkward(pg: PgServer, db: string, withRoles = true): P
   if (withRoles) await pg.psql(await Deno.readTextFile(new URL("roles.sql", dir)));
   await pg.createDatabase(db);
   await pg.psql(await Deno.readTextFile(new URL("awkward.sql", dir)), { db });
+}
+
+/**
+ * Runs `dbbackup <args>` and SIGKILLs it as soon as `ready()` returns a value (polled); fails
+ * when the run ends first. Returns that value, the killed pid and the result (exit 137).
+ */
+export async function dbbackupKilledWhen<T>(
+  args: string[],
+  env: Record<string, string>,
+  what: string,
+  ready: () => Promise<T | undefined>,
+  run: (args: string[], options: CliOptions) => Promise<CliResult> = dbbackup,
+): Promise<{ value: T; pid: number; result: CliResult }> {
+  let pid = 0;
+  let finished: CliResult | undefined;
+  const running = run(args, { env, onStart: (p) => pid = p });
+  let settled = false;
+  running.then((r) => finished = r, () => {}).finally(() => settled = true);
+  let value: T;
+  try {
+    value = await waitFor(what, async () => {
+      if (settled) {
+        if (!finished) await running; // throws why it failed
+        throw new Error(
+          `the backup ended (exit ${finished!.code}) before ${what} were seen:\n${
+            finished!.stderr
+          }`,
+        );
+      }
+      return await ready();
+    }, 30_000);
+  } finally {
+    if (!settled) Deno.kill(pid, "SIGKILL");
+  }
+  const result = await running;
+  if (result.code !== 137) {
+    throw new Error(
+      `expected the run to be killed by SIGKILL (137), got ${result.code}: ${result.stderr}`,
+    );
+  }
+  return { value, pid, result };
+}
+
+/**
+ * A database `db` whose table `wide` holds `rows` rows of md5 text (about 350 bytes each),
+ * plus a small table and a sequence, so that a native backup takes a while.
+ */
+export async function loadWide(pg: PgServer, db: string, rows: number): Promise<void> {
+  await pg.createDatabase(db);
+  await pg.psql(
+    `CREATE TABLE wide (id bigserial PRIMARY KEY, a text, b text, n int);
+     INSERT INTO wide (a, b, n)
+       SELECT repeat(md5(g::text), 5), repeat(md5((g * 7)::text), 5), g % 1000
+       FROM generate_series(1, ${rows}) g;
+     CREATE TABLE small (k text PRIMARY KEY, v jsonb);
+     INSERT INTO small SELECT 'k' || g, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
+     CREATE SEQUENCE counter START 40;
+     SELECT nextval('counter');
+     VACUUM ANALYZE;`,
+    { db },
+  );
 }
