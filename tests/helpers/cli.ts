@@ -18,6 +18,8 @@ export interface CliOptions {
   env?: Record<string, string>;
   /** Called with the child's pid once it started. */
   onStart?: (pid: number) => void;
+  /** A run longer than this is SIGKILLed and throws: a hung run fails the test, not the suite. */
+  limitMs?: number;
 }
 
 /** `dbbackup <args>`; never throws on a non-zero exit (the exit code is the result). */
@@ -29,8 +31,24 @@ export async function dbbackup(args: string[], options: CliOptions = {}): Promis
     okCodes: Array.from({ length: 256 }, (_, i) => i),
   });
   options.onStart?.(child.pid);
-  const [stdout, status] = await Promise.all([new Response(child.stdout).text(), child.status]);
-  return { code: status.code, stdout, stderr: status.stderr };
+  let hung = false;
+  const timer = options.limitMs === undefined ? undefined : setTimeout(() => {
+    hung = true;
+    child.kill("SIGKILL");
+  }, options.limitMs);
+  try {
+    const [stdout, status] = await Promise.all([new Response(child.stdout).text(), child.status]);
+    if (hung) {
+      throw new Error(
+        `dbbackup ${
+          args.join(" ")
+        } did not finish in ${options.limitMs} ms:\n${stdout}${status.stderr}`,
+      );
+    }
+    return { code: status.code, stdout, stderr: status.stderr };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Environment for dbbackup to reach `pg` over its unix socket as the superuser. */
