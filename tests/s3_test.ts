@@ -204,6 +204,12 @@ Deno.test("an encrypted native set in S3 restores with its key file; the bucket 
         );
         assert.equal(restore.code, 0, restore.stderr);
         assertSameSnapshot(await snapshotDatabase(b, "vault"), before, "encrypted restore from S3");
+        // status reaches the server but not the bucket: it says so and exits 1.
+        const status = await dbbackup(["--repo", repo, "status"], {
+          env: { ...pgEnv(a), ...s3Env(s3, { AWS_ACCESS_KEY_ID: "NOT-A-KEY" }) },
+        });
+        assert.equal(status.code, 1, status.stdout + status.stderr);
+        assert.match(status.stdout, /Repository: s3:\/\/\S+ \(cannot be read: /);
         const verify = await dbbackup(["--repo", repo, "verify", id], { env: s3Env(s3) });
         assert.equal(verify.code, 0, verify.stdout + verify.stderr);
         assert.match(verify.stdout, /encrypted: stored bytes checked/);

@@ -14,7 +14,8 @@ export function statusCommand(cli: CliEnv, setExit: (code: number) => void) {
       const ctx = await makeContext(cmd.optsWithGlobals() as GlobalOptions, {}, cli);
       await ctx.target.init();
       const r = await status(ctx.settings, ctx.target, ctx.repo);
-      if (!r.connection.ok) setExit(ExitCode.failure);
+      // A server that cannot be reached, or a repository that cannot be read, is a failure.
+      if (!r.connection.ok || r.repository.error) setExit(ExitCode.failure);
       if (ctx.json) {
         writeOut(JSON.stringify(r, null, 2) + "\n");
         return;
