@@ -49,7 +49,8 @@ export async function makeContext(
   const settings = await resolveSettings({ ...globals, ...extraFlags }, cli.env);
   const json = globals.json ?? false;
   const quiet = globals.quiet ?? false;
-  const openers = await loadOpeners({ ...settings.keys, env: cli.env });
+  // Key files and identities are read when a set must be opened, not by every command.
+  const openers = () => loadOpeners({ ...settings.keys, env: cli.env });
   return {
     settings,
     env: cli.env,

@@ -164,7 +164,7 @@ async function claimSet(
         const set = await opts.repo.reopenSet(last.id);
         let encrypted: boolean;
         try {
-          encrypted = await set.resumeEncryption(opts.repo.openers);
+          encrypted = await set.resumeEncryption(await opts.repo.openers());
         } catch (err) {
           throw new DbBackupError(
             "key",

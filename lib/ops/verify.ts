@@ -53,7 +53,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
 async function verifyLocked(opts: VerifyOptions): Promise<VerifyReport> {
   const id = await opts.repo.resolveId(opts.ref);
   const stored = await opts.repo.readStoredManifest(id);
-  if (stored.sealed && !opts.deep && opts.repo.openers.length === 0) {
+  if (stored.sealed && !opts.deep && (await opts.repo.openers()).length === 0) {
     // Without a key, an encrypted set's stored bytes can still be checked: decryption would
     // authenticate the contents as well (--deep with a key).
     const checks = await mapPool(

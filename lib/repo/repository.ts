@@ -63,8 +63,24 @@ export class Repository {
   /** Data keys of encrypted sets opened so far, by set id. */
   readonly #dataKeys = new Map<string, Uint8Array>();
 
-  /** `openers`: what may open encrypted sets (passphrase, key files, identities). */
-  constructor(readonly storage: Storage, readonly openers: readonly KeyOpener[] = []) {}
+  #openers?: Promise<readonly KeyOpener[]>;
+
+  /**
+   * `openers`: what may open encrypted sets (passphrase, key files, identities); given as a
+   * function, it is called the first time a set must be opened, not before.
+   */
+  constructor(
+    readonly storage: Storage,
+    private readonly openersSource:
+      | readonly KeyOpener[]
+      | (() => Promise<readonly KeyOpener[]>) = [],
+  ) {}
+
+  /** What may open encrypted sets, read (key files, identities) on first use. */
+  openers(): Promise<readonly KeyOpener[]> {
+    const source = this.openersSource;
+    return this.#openers ??= typeof source === "function" ? source() : Promise.resolve(source);
+  }
 
   get location(): string {
     return this.storage.location;
@@ -153,7 +169,7 @@ export class Repository {
     const cached = this.#dataKeys.get(id);
     if (cached) return cached;
     const slots: unknown[] = [...manifestSlots, ...await this.addedSlots(id)];
-    const key = await unwrapKey(slots, id, this.openers);
+    const key = await unwrapKey(slots, id, await this.openers());
     this.#dataKeys.set(id, key);
     return key;
   }
