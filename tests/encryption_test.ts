@@ -5,7 +5,7 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { dbbackup, loadAwkward, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, loadAwkward, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const DB = "secret shop";
@@ -52,10 +52,6 @@ async function dbExists(pg: PgServer, name: string): Promise<boolean> {
     .trim() === "1";
 }
 
-function lastJson(stdout: string) {
-  return JSON.parse(stdout.trim().split("\n").at(-1)!);
-}
-
 for (const engine of ["pg_dump", "native"] as const) {
   Deno.test(`encrypted backup (${engine}) restores with a passphrase, a key file, an identity and a rekeyed key`, async (t) => {
     await withTwoPg(async (a, b) => {
@@ -83,7 +79,7 @@ for (const engine of ["pg_dump", "native"] as const) {
           keys.recipient,
         ], { env: pgEnv(a, { DBBACKUP_PASSPHRASE: "correct horse battery staple" }) });
         assert.equal(backup.code, 0, backup.stderr);
-        const id: string = lastJson(backup.stdout).setId;
+        const id: string = summaryOf(backup).setId;
 
         await t.step(
           "the stored set shows no table names, row data or plaintext checksums",
@@ -282,7 +278,7 @@ Deno.test("encrypted native set: a flipped byte, a truncated file and two swappe
         "--encrypt",
       ], { env: pgEnv(a) });
       assert.equal(backup.code, 0, backup.stderr);
-      const id: string = lastJson(backup.stdout).setId;
+      const id: string = summaryOf(backup).setId;
       const m = JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
       const chunks: string[] = m.storedFiles.map((f: { path: string }) => f.path).filter((
         p: string,

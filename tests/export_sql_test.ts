@@ -1,6 +1,6 @@
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { dbbackup, loadAwkward, pgEnv, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, loadAwkward, pgEnv, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { withTwoPg } from "./helpers/pg_server.ts";
 
 Deno.test("export-sql writes a script that psql alone restores identically, for both engines", async (t) => {
@@ -28,7 +28,7 @@ Deno.test("export-sql writes a script that psql alone restores identically, for 
             { env: pgEnv(a) },
           );
           assert.equal(r.code, 0, r.stderr);
-          const id = JSON.parse(r.stdout.trim().split("\n").at(-1)!).setId;
+          const id = summaryOf(r).setId;
           const script = `${repo}/${engine}.sql`;
           const e = await dbbackup(["--repo", repo, "export-sql", id, "--output", script]);
           assert.equal(e.code, 0, e.stderr);

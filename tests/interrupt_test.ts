@@ -4,7 +4,7 @@
  * the set folder stays without a manifest and every command treats it as incomplete.
  */
 import { strict as assert } from "node:assert";
-import { dbbackup, lockFiles, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, lockFiles, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, withPg } from "./helpers/pg_server.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -292,7 +292,7 @@ Deno.test("interrupting a backup", async (t) => {
           env: pgEnv(pg),
         });
         assert.equal(again.code, 0, again.stderr);
-        const summary = JSON.parse(again.stdout.trim().split("\n").at(-1)!);
+        const summary = summaryOf(again);
         assert.equal(summary.status, "complete");
         assert.notEqual(summary.setId, id);
         assert.deepEqual(await setDirs(repo), [id, summary.setId].sort());

@@ -16,6 +16,7 @@ import {
   lockFiles,
   pgEnv,
   setDirs,
+  summaryOf,
   tempRepo,
 } from "./helpers/cli.ts";
 import { type PgServer, quoteLiteral, withPg, withTwoPg } from "./helpers/pg_server.ts";
@@ -134,7 +135,7 @@ async function sha256(path: string): Promise<string> {
 
 /** The last JSON line of a `--json` run: the summary. */
 function summary(r: CliResult): { setId: string; status: string } {
-  return JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+  return summaryOf(r);
 }
 
 /** Runs a native backup and SIGKILLs it once `chunks` chunk files are published. */

@@ -6,7 +6,7 @@ import { strict as assert } from "node:assert";
 import { LocalStorage } from "../lib/storage/local.ts";
 import { Repository } from "../lib/repo/repository.ts";
 import { type Manifest, MANIFEST_FORMAT, MANIFEST_VERSION } from "../lib/repo/manifest.ts";
-import { dbbackup, lockFiles, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, lockFiles, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { withPg } from "./helpers/pg_server.ts";
 
 const HOUR = 3_600_000;
@@ -104,7 +104,7 @@ Deno.test("prune keeps what the policy says per group and never touches what is 
     await t.step("--dry-run decides and changes nothing", async () => {
       const r = await dbbackup(["--repo", dir, "--json", "--dry-run", "prune", ...policy]);
       assert.equal(r.code, 0, r.stderr);
-      const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+      const out = summaryOf(r);
       assert.equal(out.status, "dry-run");
       assert.ok(out.decisions.some((d: { keep: boolean }) => !d.keep));
       assert.deepEqual(await setDirs(dir), before);
@@ -135,7 +135,7 @@ Deno.test("prune keeps what the policy says per group and never touches what is 
     await t.step("prune removes exactly the sets the policy does not keep", async () => {
       const r = await dbbackup(["--repo", dir, "--json", "prune", ...policy]);
       assert.equal(r.code, 0, r.stderr);
-      const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+      const out = summaryOf(r);
       assert.equal(out.status, "complete");
       const removed = out.decisions.filter((d: { removed: boolean }) => d.removed).map((
         d: { id: string },
@@ -235,7 +235,7 @@ Deno.test("backup --prune applies the configured policy to its own group, only a
         ], { env });
         return {
           ...r,
-          summary: r.code === 0 ? JSON.parse(r.stdout.trim().split("\n").at(-1)!) : undefined,
+          summary: r.code === 0 ? summaryOf(r) : undefined,
         };
       };
       const crm = await run("crm", false);

@@ -7,7 +7,7 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, type DbSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { type CliResult, dbbackup, pgEnv, tempRepo } from "./helpers/cli.ts";
+import { type CliResult, dbbackup, pgEnv, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const ENGINES = ["pg_dump", "native"] as const;
@@ -227,7 +227,7 @@ for (const engine of ENGINES) {
           ...(engine === "native" ? ["--chunk-size", "16k"] : []),
         ], { env: pgEnv(src) });
         assert.equal(backup.code, 0, backup.stderr);
-        const id: string = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const id: string = summaryOf(backup).setId;
         if (engine === "native") {
           const manifest = JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
           const chunks = new Map<string, number>(
@@ -513,7 +513,7 @@ for (const engine of ENGINES) {
           ...(engine === "native" ? ["--chunk-size", "128k"] : []),
         ], { env: pgEnv(a) });
         assert.equal(backup.code, 0, backup.stderr);
-        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const id = summaryOf(backup).setId;
         // After the backup: one more row, and a stricter domain that the backed-up rows with
         // q >= 50 no longer pass, so the load fails after the table was dropped and recreated.
         await a.psql(
@@ -553,7 +553,7 @@ Deno.test("restore --table keeps a trigger function the target has, whatever the
         env: pgEnv(a),
       });
       assert.equal(backup.code, 0, backup.stderr);
-      const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+      const id = summaryOf(backup).setId;
       await a.psql("DROP TABLE t", { db: "notes" });
       const r = await dbbackup(["--repo", repo, "restore", "single", id, "--table", "t"], {
         env: pgEnv(a),
@@ -606,7 +606,7 @@ for (const engine of ENGINES) {
           ...(engine === "native" ? ["--chunk-size", "16k"] : []),
         ], { env: pgEnv(a) });
         assert.equal(backup.code, 0, backup.stderr);
-        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const id = summaryOf(backup).setId;
         const source = await snapshotDatabase(a, "ledger");
         // Later: credits goes on using the sequence, debits is lost.
         await a.psql("INSERT INTO credits (amount) VALUES (99); DROP TABLE debits;", {

@@ -4,7 +4,7 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase, snapshotGlobals } from "./helpers/compare.ts";
-import { dbbackup, loadAwkward, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, loadAwkward, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
@@ -50,7 +50,7 @@ for (const engine of ENGINES) {
           ...(engine === "native" ? ["--chunk-size", "16k"] : []),
         ], { env: pgEnv(a) });
         assert.equal(backup.code, 0, backup.stderr);
-        const summary = JSON.parse(backup.stdout.trim().split("\n").at(-1)!);
+        const summary = summaryOf(backup);
         assert.equal(summary.type, "summary");
         assert.equal(summary.status, "complete");
         const id: string = summary.setId;
@@ -148,7 +148,7 @@ Deno.test("gzip and uncompressed backups restore identically", async () => {
           { env: pgEnv(a) },
         );
         assert.equal(r.code, 0, r.stderr);
-        const id = JSON.parse(r.stdout.trim().split("\n").at(-1)!).setId;
+        const id = summaryOf(r).setId;
         const m = await readManifest(repo, id);
         assert.equal(m.compression.algorithm, spec.split(":")[0]);
         const target = `shop_${spec.split(":")[0]}`;
@@ -312,7 +312,7 @@ Deno.test("backup cluster --include/--exclude select databases by glob", async (
         { env: pgEnv(a) },
       );
       assert.equal(r.code, 0, r.stderr);
-      const summary = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+      const summary = summaryOf(r);
       assert.deepEqual(
         summary.databases.map((d: { name: string }) => d.name).sort(),
         ["app_one", "app_two"],

@@ -5,7 +5,7 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { dbbackup, pgEnv, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, pgEnv, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { withTwoPg } from "./helpers/pg_server.ts";
 import { type S3Server, withS3 } from "./helpers/s3_server.ts";
 
@@ -75,7 +75,7 @@ for (const engine of ["pg_dump", "native"] as const) {
             ...(engine === "native" ? ["--chunk-size", "24MB"] : []),
           ], env);
           assert.equal(backup.code, 0, backup.stderr);
-          const summary = JSON.parse(backup.stdout.trim().split("\n").at(-1)!);
+          const summary = summaryOf(backup);
           const id: string = summary.setId;
           const stored = summary.databases[0].bytes;
           assert.ok(stored > 2 * 8 * 1024 * 1024, `stored ${stored} bytes: more than two parts`);
@@ -120,7 +120,7 @@ for (const engine of ["pg_dump", "native"] as const) {
             env: s3Env(s3),
           });
           assert.equal(prune.code, 0, prune.stderr);
-          const pruned = JSON.parse(prune.stdout.trim().split("\n").at(-1)!);
+          const pruned = summaryOf(prune);
           assert.deepEqual(
             pruned.decisions.filter((d: { removed: boolean }) => d.removed).map((
               d: { id: string },
@@ -130,7 +130,7 @@ for (const engine of ["pg_dump", "native"] as const) {
           const after = await dbbackup(["--repo", repo, "--json", "list"], { env: s3Env(s3) });
           assert.deepEqual(
             JSON.parse(after.stdout).map((s: { id: string }) => s.id),
-            [JSON.parse(second.stdout.trim().split("\n").at(-1)!).setId],
+            [summaryOf(second).setId],
           );
         } finally {
           await Deno.remove(local, { recursive: true });
@@ -193,7 +193,7 @@ Deno.test("an encrypted native set in S3 restores with its key file; the bucket 
           "--encrypt",
         ], { env: { ...pgEnv(a), ...s3Env(s3) } });
         assert.equal(backup.code, 0, backup.stderr);
-        const id = JSON.parse(backup.stdout.trim().split("\n").at(-1)!).setId;
+        const id = summaryOf(backup).setId;
         const noKey = await dbbackup(["--repo", repo, "restore", "single", id, "--create"], {
           env: { ...pgEnv(b), ...s3Env(s3) },
         });

@@ -441,17 +441,31 @@ export class SetWriter {
       if (!e.name.startsWith(prefix) || !e.name.endsWith(".json")) continue;
       const name = e.name.slice(0, -".json".length);
       if (name === ENCRYPTION_STATE) continue;
-      let value = JSON.parse(
-        await new Response(await this.storage.read(`${this.id}/${STATE_DIR}/${e.name}`)).text(),
-      );
-      const enc = this.#encryption;
-      if (enc && typeof value?.sealed === "string") {
-        const sealed = decodeBase64(value.sealed);
-        value = JSON.parse(
-          new TextDecoder().decode(
-            openBytes(enc.dataKey, { setId: this.id, path: `${STATE_DIR}/${name}` }, sealed),
-          ),
-        );
+      const path = `${this.id}/${STATE_DIR}/${e.name}`;
+      let value: unknown;
+      try {
+        value = JSON.parse(await new Response(await this.storage.read(path)).text());
+        const enc = this.#encryption;
+        const sealed = (value as { sealed?: unknown } | null)?.sealed;
+        if (enc && typeof sealed === "string") {
+          value = JSON.parse(
+            new TextDecoder().decode(
+              openBytes(
+                enc.dataKey,
+                { setId: this.id, path: `${STATE_DIR}/${name}` },
+                decodeBase64(sealed),
+              ),
+            ),
+          );
+        }
+      } catch (err) {
+        const damaged = err instanceof SyntaxError ||
+          (err instanceof DbBackupError && err.code === "verification");
+        if (!damaged) throw err;
+        // A record cut short (an object store that showed a write still in progress when the
+        // writer died) or damaged says nothing: it goes, and what it described is done again.
+        await this.storage.remove(path);
+        continue;
       }
       out.set(name, value);
     }

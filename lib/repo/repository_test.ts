@@ -369,3 +369,19 @@ Deno.test("overallStatus", () => {
   assert.equal(overallStatus(["ok", "failed"]), "partial");
   assert.equal(overallStatus(["failed", "failed"]), "failed");
 });
+
+Deno.test("a resume record cut short is dropped, not trusted and not fatal", async () => {
+  await withRepo(async (root, repo) => {
+    const set = await repo.createSet("single", "shop");
+    await set.writeState("db-001.t00001-c0001", { rows: 1 });
+    await set.writeState("db-001.t00001-c0002", { rows: 2 });
+    await Deno.writeTextFile(`${root}/${set.id}/state/db-001.t00001-c0002.json`, '{"rows":', {
+      mode: 0o600,
+    });
+    const states = await set.readStates("db-001.");
+    assert.deepEqual([...states.keys()], ["db-001.t00001-c0001"]);
+    // Gone, so the chunk's record can be written again.
+    await set.writeState("db-001.t00001-c0002", { rows: 2 });
+    assert.equal((await set.readStates("db-001.")).size, 2);
+  });
+});

@@ -152,3 +152,9 @@ export async function loadWide(pg: PgServer, db: string, rows: number): Promise<
     { db },
   );
 }
+
+/** The last line of a `--json` run's stdout, parsed: the summary object. */
+// deno-lint-ignore no-explicit-any
+export function summaryOf(r: CliResult): any {
+  return JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+}
