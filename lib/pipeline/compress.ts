@@ -47,14 +47,22 @@ export function compressionSuffix(algorithm: CompressionAlgorithm): string {
   return algorithm === "zstd" ? ".zst" : algorithm === "gzip" ? ".gz" : "";
 }
 
+/**
+ * Output piece size of the node:zlib streams. Their default (16 KiB) cut 2.3 GB of restored
+ * data into 140,000 pieces, and the per-piece cost downstream (hashing, stream hops, pipe
+ * writes) tripled the CPU time of decompression.
+ */
+const ZLIB_CHUNK_BYTES = 256 * 1024;
+
 export function compressStream(c: Compression): TransformStream<Uint8Array, Uint8Array> {
   switch (c.algorithm) {
     case "zstd":
       return toWeb(zlib.createZstdCompress({
+        chunkSize: ZLIB_CHUNK_BYTES,
         params: { [zlib.constants.ZSTD_c_compressionLevel]: c.level },
       }));
     case "gzip":
-      return toWeb(zlib.createGzip({ level: c.level }));
+      return toWeb(zlib.createGzip({ level: c.level, chunkSize: ZLIB_CHUNK_BYTES }));
     case "none":
       return new TransformStream();
   }
@@ -65,9 +73,9 @@ export function decompressStream(
 ): TransformStream<Uint8Array, Uint8Array> {
   switch (algorithm) {
     case "zstd":
-      return toWeb(zlib.createZstdDecompress());
+      return toWeb(zlib.createZstdDecompress({ chunkSize: ZLIB_CHUNK_BYTES }));
     case "gzip":
-      return toWeb(zlib.createGunzip());
+      return toWeb(zlib.createGunzip({ chunkSize: ZLIB_CHUNK_BYTES }));
     case "none":
       return new TransformStream();
   }
