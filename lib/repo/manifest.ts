@@ -24,9 +24,16 @@ export interface FileRecord {
   /** Size and sha256 of the stored (compressed) bytes. */
   bytes: number;
   sha256: string;
-  /** Size and sha256 of the data before compression. */
+  /** Size of the data before compression. */
   rawBytes: number;
-  rawSha256: string;
+  /**
+   * Check of the data before compression: CRC-32 (hex) in files written since the native
+   * engine's speed work, sha256 in older ones. Exactly one is present. The stored bytes'
+   * sha256 above is the integrity check; this one catches a compress-decompress round trip
+   * that does not give back the original bytes.
+   */
+  rawCrc32?: string;
+  rawSha256?: string;
   /** Encrypted after compression (see `Manifest.encryption`); `bytes`/`sha256` are stored bytes. */
   encrypted?: boolean;
 }
@@ -281,6 +288,20 @@ function checkFileEntry(f: unknown, where: string): void {
   }
 }
 
+/** A full file record also says how big its data was and how to check it. */
+function checkFullFileEntry(f: unknown, where: string): void {
+  checkFileEntry(f, where);
+  const e = f as Partial<FileRecord>;
+  if (
+    typeof e.rawBytes !== "number" ||
+    (typeof e.rawCrc32 !== "string") === (typeof e.rawSha256 !== "string")
+  ) {
+    throw badManifest(where)(
+      `file entry ${JSON.stringify(e.path)} lacks its raw size or its raw checksum`,
+    );
+  }
+}
+
 /** Parses and checks a full (plain or unsealed) manifest. */
 export function parseManifest(text: string, where: string): Manifest {
   return checkManifest(parseJson(text, where), where);
@@ -298,6 +319,6 @@ function checkManifest(data: unknown, where: string): Manifest {
       throw bad("a database or globals entry has no file list");
     }
   }
-  for (const f of manifestFiles(m as Manifest)) checkFileEntry(f, where);
+  for (const f of manifestFiles(m as Manifest)) checkFullFileEntry(f, where);
   return m as Manifest;
 }

@@ -3,7 +3,7 @@
  * complete only once its manifest exists, and the manifest is always written last.
  */
 import { DbBackupError, errorMessage } from "../errors.ts";
-import { ChecksumStream } from "../pipeline/checksum.ts";
+import { ChecksumStream, Crc32Stream } from "../pipeline/checksum.ts";
 import {
   type Compression,
   compressionSuffix,
@@ -265,7 +265,7 @@ export class Repository {
    */
   async openFile(id: string, file: FileRecord): Promise<ReadableStream<Uint8Array>> {
     const stored = new ChecksumStream();
-    const raw = new ChecksumStream();
+    const raw = file.rawCrc32 !== undefined ? new Crc32Stream() : new ChecksumStream();
     const name = `${id}/${file.path}`;
     // Bytes beyond the recorded size never reach the decompressor: trailing garbage after a
     // zstd frame makes Deno's node:zlib throw an uncaught error and stall the stream.
@@ -296,8 +296,11 @@ export class Repository {
             }…; expected ${file.bytes} bytes, ${file.sha256.slice(0, 12)}…)`,
           );
         }
-        const r = await raw.digest;
-        if (r.bytes !== file.rawBytes || r.sha256 !== file.rawSha256) {
+        const r: { bytes: number; crc32?: string; sha256?: string } = await raw.digest;
+        const matches = file.rawCrc32 !== undefined
+          ? r.crc32 === file.rawCrc32
+          : r.sha256 === file.rawSha256;
+        if (r.bytes !== file.rawBytes || !matches) {
           throw new DbBackupError(
             "verification",
             `file ${name} decompresses to data that does not match the manifest`,
@@ -368,7 +371,7 @@ export class SetWriter {
   ): Promise<FileRecord> {
     const enc = this.#encryption;
     const path = this.storedPath(name, options.compression);
-    const raw = new ChecksumStream();
+    const raw = new Crc32Stream();
     const stored = new ChecksumStream();
     let stream = data.pipeThrough(raw).pipeThrough(compressStream(options.compression));
     if (enc) stream = stream.pipeThrough(encryptStream(enc.dataKey, { setId: this.id, path }));
@@ -385,7 +388,7 @@ export class SetWriter {
       bytes: s.bytes,
       sha256: s.sha256,
       rawBytes: r.bytes,
-      rawSha256: r.sha256,
+      rawCrc32: r.crc32,
       ...(enc ? { encrypted: true } : {}),
     };
   }

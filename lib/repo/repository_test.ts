@@ -236,7 +236,8 @@ Deno.test("writeFile records sizes and checksums; openFile returns the original 
         assert.equal(record.path, `db-001-shop.pgdump${suffix}`);
         assert.equal(record.compression, c.algorithm);
         assert.equal(record.rawBytes, data.length);
-        assert.equal(record.rawSha256, rawSha);
+        assert.equal(record.rawCrc32, referenceCrc32(data));
+        assert.equal(record.rawSha256, undefined);
         assert.equal(record.bytes, (await Deno.stat(path)).size);
         if (c.algorithm === "none") assert.equal(record.sha256, rawSha);
         else assert.ok(record.bytes < data.length);
@@ -321,12 +322,28 @@ Deno.test("openFile does not deliver the last chunk before the checksums are che
       const data = testData(1024 * 1024);
       const { id, record } = await storedFile(root, repo, data, ALGORITHMS[0]);
       // A manifest whose raw checksum is wrong: the stored bytes match, the data does not.
-      const wrong = { ...record, rawSha256: "0".repeat(64) };
+      const wrong = { ...record, rawCrc32: (parseInt(record.rawCrc32!, 16) ^ 1).toString(16) };
       const got = await consume(await repo.openFile(id, wrong));
       assertRefused(got, record.path, data.length);
       assert.ok(got.bytes > 0, "earlier chunks do flow (streaming, not buffering)");
       // What was delivered is a true prefix of the data, never altered bytes.
       assert.ok(got.data.every((b, i) => b === data[i]));
+    });
+    await t.step("a record of an older set, with the raw sha256, is checked by it", async () => {
+      const data = testData(700 * 1024);
+      const { id, record } = await storedFile(root, repo, data, ALGORITHMS[0]);
+      const rawSha256 = Array.from(
+        new Uint8Array(await crypto.subtle.digest("SHA-256", data)),
+        (b) => b.toString(16).padStart(2, "0"),
+      ).join("");
+      const { rawCrc32: _, ...older } = record;
+      const good = await consume(await repo.openFile(id, { ...older, rawSha256 }));
+      assert.equal(good.error, undefined);
+      assert.equal(good.bytes, data.length);
+      const bad = await consume(
+        await repo.openFile(id, { ...older, rawSha256: "0".repeat(64) }),
+      );
+      assertRefused(bad, record.path, data.length);
     });
     await t.step("a manifest with a wrong size is refused too", async () => {
       const data = testData(300 * 1024);
@@ -385,3 +402,13 @@ Deno.test("a resume record cut short is dropped, not trusted and not fatal", asy
     assert.equal((await set.readStates("db-001.")).size, 2);
   });
 });
+
+/** CRC-32 (IEEE) bit by bit, independent of the zlib implementation dbbackup uses. */
+function referenceCrc32(data: Uint8Array): string {
+  let crc = 0xffffffff;
+  for (const byte of data) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
+  }
+  return ((crc ^ 0xffffffff) >>> 0).toString(16).padStart(8, "0");
+}
