@@ -236,22 +236,27 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       `RAISE EXCEPTION 'refusing to load table %: it is not empty', ${
         quoteLiteral(`${table.schema}.${table.name}`)
       }; END IF; END${tag}`;
+    // The chunk being loaded, named when the server rejects its rows too.
+    let loading: string | undefined;
     try {
       await pool.begin(async (tx) => {
         await tx.unsafe(guard);
         await tx.unsafe(`TRUNCATE ONLY ${qualified}`);
         for (const c of table.chunks) {
+          loading = c.path;
           const data = await o.repo.openFile(o.setId, file(c.path));
           const copy = await tx.unsafe(`COPY ${qualified}${cols} FROM STDIN (FREEZE)`)
             .writable();
           await pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
+          loading = undefined;
         }
       });
     } catch (err) {
       if (o.signal?.aborted) throw o.signal.reason;
+      const what = loading ? `chunk ${loading} of table` : "table";
       throw o.target.explain(
         err,
-        describe(`COPY of table ${table.schema}.${table.name}`),
+        describe(`COPY of ${what} ${table.schema}.${table.name}`),
         o.database,
       );
     }

@@ -1,0 +1,311 @@
+/**
+ * restoreDatabaseNative called directly, past the CLI's up-front verification: a chunk that
+ * fails its checksum while it streams into the server ends its COPY with CopyFail and the whole
+ * table's transaction (its intact first chunk included) rolls back, and no session is left
+ * behind. The same call with nothing damaged restores the table exactly, so the harness works.
+ */
+import { strict as assert } from "node:assert";
+import { DbBackupError } from "../lib/errors.ts";
+import { resolveSettings } from "../lib/config/settings.ts";
+import { PgTarget } from "../lib/engine/pg/connect.ts";
+import { restoreDatabaseNative } from "../lib/engine/pg/native_restore.ts";
+import { findTool } from "../lib/engine/pg/tools.ts";
+import type { ProgressEvent } from "../lib/ops/progress.ts";
+import type { DatabaseRecord, FileRecord, TableRecord } from "../lib/repo/manifest.ts";
+import { Repository } from "../lib/repo/repository.ts";
+import { LocalStorage } from "../lib/storage/local.ts";
+import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
+import { dbbackup, loadWide, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import {
+  cleanEnv,
+  type PgServer,
+  quoteIdent,
+  quoteLiteral,
+  withTwoPg,
+} from "./helpers/pg_server.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+/** Rows of `wide` (about 350 bytes each): about 4.5 MB of heap, several 1 MB chunks. */
+const ROWS = 12_000;
+
+/** How long one restore may take here before it counts as hung. */
+const RESTORE_LIMIT_MS = 60_000;
+
+/**
+ * `backup single <db>` through the native engine, one job, 1 MB chunks, uncompressed: a chunk
+ * reaches the restore in several pieces, so most of a damaged one is in the server's COPY
+ * before its checksum fails at its end (a chunk that fits one piece is held back whole), and a
+ * flipped byte stays one flipped byte instead of decompressing to garbage that the server may
+ * reject first.
+ */
+function nativeArgs(repo: string, db: string): string[] {
+  return [
+    "--repo",
+    repo,
+    "-j",
+    "1",
+    "backup",
+    "single",
+    db,
+    "--engine",
+    "native",
+    "--chunk-size",
+    "1m",
+    "--compression",
+    "none",
+  ];
+}
+
+/** One value from a query, trimmed. */
+async function q(pg: PgServer, sql: string, db?: string): Promise<string> {
+  return (await pg.psql(sql, { db })).trim();
+}
+
+/** An empty database as restore's "create" action makes it (template0). */
+async function createEmpty(pg: PgServer, db: string): Promise<void> {
+  await pg.psql(`CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0`);
+}
+
+/** dbbackup's sessions (application_name 'dbbackup') connected to `db`. */
+function dbbackupSessions(pg: PgServer, db: string): Promise<string> {
+  return q(
+    pg,
+    `SELECT count(*) FROM pg_stat_activity
+      WHERE datname = ${quoteLiteral(db)} AND application_name = 'dbbackup'`,
+  );
+}
+
+/** `promise`, or a failure after `ms`: a hung restore fails the test, not the suite. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish in ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, limit]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** What happened to each file a restore read: opened, read to its end, or failed. */
+interface FileLog {
+  opened: number;
+  /** Bytes handed to the reader. */
+  bytes: number;
+  ended: boolean;
+  error?: unknown;
+}
+
+/**
+ * The repository restore reads, recording what becomes of every file it opens; the streams
+ * themselves (checksums, held-back last piece) are the real ones, passed on unchanged.
+ */
+class RecordingRepository extends Repository {
+  readonly files = new Map<string, FileLog>();
+  /** File paths in the order they were opened. */
+  readonly order: string[] = [];
+
+  override async openFile(id: string, file: FileRecord): Promise<ReadableStream<Uint8Array>> {
+    const stream = await super.openFile(id, file);
+    const log = this.files.get(file.path) ?? { opened: 0, bytes: 0, ended: false };
+    log.opened++;
+    this.files.set(file.path, log);
+    this.order.push(file.path);
+    const reader = stream.getReader();
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) {
+            log.ended = true;
+            controller.close();
+          } else {
+            log.bytes += value.byteLength;
+            controller.enqueue(value);
+          }
+        } catch (err) {
+          log.error = err;
+          throw err;
+        }
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    }, { highWaterMark: 0 });
+  }
+}
+
+/** What restore.ts hands restoreDatabaseNative, built for the test server `pg`. */
+interface Harness {
+  target: PgTarget;
+  repo: RecordingRepository;
+  setId: string;
+  record: DatabaseRecord;
+  restore(database: string): Promise<ProgressEvent[]>;
+}
+
+async function harness(pg: PgServer, repoDir: string, setId: string): Promise<Harness> {
+  const env = cleanEnv(pgEnv(pg));
+  const settings = await resolveSettings(
+    { host: pg.socketDir, port: String(pg.port), user: pg.superuser, repo: repoDir },
+    env,
+  );
+  const target = new PgTarget(settings, env);
+  await target.init();
+  const repo = new RecordingRepository(new LocalStorage(repoDir));
+  const manifest = await repo.readManifest(setId);
+  assert.equal(manifest.engine, "native");
+  assert.equal(manifest.databases.length, 1);
+  const record = manifest.databases[0];
+  const major = Math.floor(manifest.server.versionNum / 10000);
+  const pgRestore = await findTool("pg_restore", major, pg.binDir);
+  const psql = await findTool("psql", major, pg.binDir);
+  return {
+    target,
+    repo,
+    setId,
+    record,
+    async restore(database: string) {
+      const events: ProgressEvent[] = [];
+      repo.files.clear();
+      repo.order.length = 0;
+      await within(
+        RESTORE_LIMIT_MS,
+        `restoreDatabaseNative into "${database}"`,
+        restoreDatabaseNative({
+          target,
+          repo,
+          setId,
+          record,
+          database,
+          createFromArchive: false,
+          dropFirst: false,
+          jobs: 2,
+          spool: true,
+          pgRestore,
+          psql,
+          reporter: { event: (e) => events.push(e) },
+        }),
+      );
+      return events;
+    },
+  };
+}
+
+Deno.test("native restore: a chunk failing its checksum mid-stream rolls its whole table back", async () => {
+  await withTwoPg(async (a, b) => {
+    const repoDir = await tempRepo();
+    try {
+      await loadWide(a, "big", ROWS);
+      const before = await snapshotDatabase(a, "big");
+      assert.equal(before.tables["public.wide"].rows, ROWS);
+
+      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
+        env: pgEnv(a),
+        limitMs: 60_000,
+      });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [setId] = await setDirs(repoDir);
+      const h = await harness(b, repoDir, setId);
+      const wide: TableRecord | undefined = h.record.native?.tables.find((t) =>
+        t.schema === "public" && t.name === "wide"
+      );
+      assert.ok(wide, "wide is copied as chunks, not inside the schema archive");
+      assert.ok(wide.chunks.length >= 3, `wide is split (${wide.chunks.length} chunks)`);
+      assert.ok(wide.chunks[0].rows > 0, "the first chunk holds rows");
+      assert.equal(wide.chunks.reduce((n, c) => n + c.rows, 0), ROWS, "chunk rows add up");
+
+      // 1. Nothing damaged: the direct call restores the database exactly.
+      await createEmpty(b, "big");
+      const events = await h.restore("big");
+      assert.ok(
+        events.some((e) => e.type === "step" && /^copying \d+ chunk\(s\)/.test(e.message)),
+        `the chunks went through COPY: ${JSON.stringify(events)}`,
+      );
+      const restored = await snapshotDatabase(b, "big");
+      assert.equal(restored.tables["public.wide"].rows, ROWS);
+      assert.equal(restored.tables["public.wide"].md5, before.tables["public.wide"].md5);
+      assertSameSnapshot(restored, before, "direct native restore of an intact set");
+      await waitFor(
+        "the intact restore's sessions to end",
+        async () => (await dbbackupSessions(b, "big")) === "0",
+        10_000,
+      );
+
+      // 2. One byte flipped in the middle of the second chunk file (by manifest order); the
+      // manifest is left as it was. The byte is the first md5 hex letter from the middle on:
+      // flipped, it is still valid text for the server, so only the checksum can catch it.
+      const victim = wide.chunks[1].path;
+      const victimRecord = h.record.files.find((f) => f.path === victim)!;
+      assert.equal(victimRecord.compression, "none");
+      const path = `${repoDir}/${setId}/${victim}`;
+      const bytes = await Deno.readFile(path);
+      let at = Math.floor(bytes.length / 2);
+      while (!(bytes[at] >= 0x61 && bytes[at] <= 0x66)) at++; // a-f
+      assert.ok(at - bytes.length / 2 < 64, `a hex letter near the middle (at ${at})`);
+      bytes[at] ^= 0x5a; // a-f become ; < = > ? 9
+      await Deno.writeFile(path, bytes);
+
+      await createEmpty(b, "damaged");
+      let caught: unknown;
+      try {
+        await h.restore("damaged");
+      } catch (err) {
+        caught = err;
+      }
+      assert.ok(caught !== undefined, "the restore of the damaged set rejects");
+      assert.ok(
+        caught instanceof DbBackupError,
+        `a DbBackupError, got ${caught instanceof Error ? caught.stack : String(caught)}`,
+      );
+      assert.equal(caught.code, "verification", caught.message);
+      assert.ok(
+        caught.message.includes(`${setId}/${victim}`),
+        `the error names ${victim}: ${caught.message}`,
+      );
+      for (const c of wide.chunks.filter((c) => c.path !== victim)) {
+        assert.ok(!caught.message.includes(c.path), `${c.path} is not blamed: ${caught.message}`);
+      }
+
+      // The table exists (pre-data ran) and holds no rows: the intact first chunk was rolled
+      // back with the damaged one.
+      assert.equal(await q(b, "SELECT count(*) FROM public.wide", "damaged"), "0");
+      await waitFor("a rolled-back transaction in the target's statistics", async () =>
+        Number(
+          await q(
+            b,
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = 'damaged'",
+          ),
+        ) >= 1, 10_000);
+
+      // The chunks were loaded in order: the intact first one was read to its end and went
+      // through its COPY, the damaged one failed while it streamed, and none came after it.
+      const chunkPaths = wide.chunks.map((c) => c.path);
+      const opened = h.repo.order.filter((p) => chunkPaths.includes(p));
+      assert.deepEqual(opened, chunkPaths.slice(0, 2), "chunks opened up to the damaged one");
+      const first = h.repo.files.get(chunkPaths[0])!;
+      assert.ok(first.ended && first.error === undefined, "the first chunk was read to its end");
+      const damaged = h.repo.files.get(victim)!;
+      assert.ok(!damaged.ended, "the damaged chunk never reached its end");
+      assert.ok(
+        damaged.bytes > 0 && damaged.bytes < victimRecord.rawBytes,
+        `part of the damaged chunk went into its COPY before the check failed ` +
+          `(${damaged.bytes} of ${victimRecord.rawBytes} bytes)`,
+      );
+      assert.ok(
+        damaged.error instanceof DbBackupError && damaged.error.code === "verification",
+        `the damaged chunk's stream failed its check: ${String(damaged.error)}`,
+      );
+
+      // No session of the restore is left running in the target.
+      await waitFor(
+        "the damaged restore's sessions to end",
+        async () => (await dbbackupSessions(b, "damaged")) === "0",
+        10_000,
+      );
+    } finally {
+      await Deno.remove(repoDir, { recursive: true });
+    }
+  });
+});
