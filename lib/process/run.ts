@@ -23,6 +23,11 @@ export interface SpawnOptions {
   okCodes?: number[];
   /** Called with every piece of stderr text as it arrives (the tail is kept regardless). */
   onStderr?: (text: string) => void;
+  /**
+   * The child writes bulk data to stdout with C stdio: run it under coreutils' stdbuf (when
+   * `probeLargeWrites` found that it works for `cmd`) so it writes 1 MiB at a time.
+   */
+  largeWrites?: boolean;
 }
 
 export interface ProcessResult {
@@ -56,13 +61,46 @@ export function killAllChildren(signal: Deno.Signal = "SIGTERM"): void {
   }
 }
 
+/**
+ * Programs for which `stdbuf -o 1M <program>` was seen to work. A C program writing to a pipe
+ * gets a 4 KiB stdio buffer: psql sends a GB of COPY data in 250,000 writes, each waking the
+ * reader for a few KiB. With a 1 MiB buffer the pipe is read 64 KiB at a time, which saved
+ * about a third of the CPU time of moving COPY data from psql into this process.
+ */
+const largeWriters = new Set<string>();
+const STDBUF = "stdbuf";
+
+/**
+ * Finds out whether `program` (a dynamically linked C program that accepts `--version`) runs
+ * under stdbuf here, with the same output as without; spawn's `largeWrites` uses it if so.
+ */
+export async function probeLargeWrites(program: string): Promise<boolean> {
+  if (largeWriters.has(program)) return true;
+  try {
+    const [plain, buffered] = await Promise.all([
+      run(program, ["--version"], { describe: `${program} --version` }),
+      run(STDBUF, ["-o", "1M", program, "--version"], {
+        describe: `stdbuf -o 1M ${program} --version`,
+      }),
+    ]);
+    if (plain.stdout === buffered.stdout && plain.stdout !== "") {
+      largeWriters.add(program);
+      return true;
+    }
+  } catch {
+    // no stdbuf (macOS, minimal images) or it cannot preload here: plain pipes
+  }
+  return false;
+}
+
 /** Starts `cmd` with `args`. The caller must consume `stdout` when it is piped. */
 export function spawn(cmd: string, args: readonly string[], options: SpawnOptions): ChildHandle {
   if (options.signal?.aborted) throw new InterruptedError(`interrupted before ${options.describe}`);
+  const buffered = options.largeWrites === true && largeWriters.has(cmd);
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(cmd, {
-      args: [...args],
+    child = new Deno.Command(buffered ? STDBUF : cmd, {
+      args: buffered ? ["-o", "1M", cmd, ...args] : [...args],
       env: options.env,
       clearEnv: options.clearEnv ?? false,
       cwd: options.cwd,

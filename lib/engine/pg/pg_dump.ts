@@ -27,6 +27,7 @@ export function startDatabaseDump(
     env: target.childEnv(),
     clearEnv: true,
     signal,
+    largeWrites: tool.largeWrites,
   });
 }
 

@@ -78,5 +78,6 @@ function start(
     stdin: options.stdin ?? "null",
     stdout: options.stdout ?? "null",
     signal: options.signal,
+    largeWrites: options.stdout === "piped" && tool.largeWrites,
   });
 }

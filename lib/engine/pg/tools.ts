@@ -3,7 +3,7 @@
  * server: the same major as the server, or newer.
  */
 import { DbBackupError } from "../../errors.ts";
-import { run } from "../../process/run.ts";
+import { probeLargeWrites, run } from "../../process/run.ts";
 
 export type PgToolName = "pg_dump" | "pg_dumpall" | "pg_restore" | "psql";
 
@@ -12,6 +12,8 @@ export interface PgTool {
   path: string;
   version: string;
   major: number;
+  /** Runs with a 1 MiB stdout buffer (process/run.ts probeLargeWrites). */
+  largeWrites?: boolean;
 }
 
 /** Folders searched, in order, for tools of the server's major version. */
@@ -56,7 +58,7 @@ export async function findTool(
     if (!await isExecutable(path)) continue;
     const v = await toolVersion(path);
     tried.push(`${path} (${v.version})`);
-    if (v.major >= major) return { name, path, ...v };
+    if (v.major >= major) return withLargeWrites({ name, path, ...v });
   }
   if (!pgBin) {
     // Fall back to PATH.
@@ -66,7 +68,7 @@ export async function findTool(
       try {
         const v = await toolVersion(path);
         tried.push(`${path} (${v.version})`);
-        if (v.major >= major) return { name, path, ...v };
+        if (v.major >= major) return withLargeWrites({ name, path, ...v });
       } catch {
         tried.push(`${path} (version unknown)`);
       }
@@ -79,4 +81,10 @@ export async function findTool(
       tried.length ? `; found only ${tried.join(", ")}` : ""
     }; install the PostgreSQL ${major} client tools or point --pg-bin at them`,
   );
+}
+
+/** The tools that write backup data to stdout get their large-writes probe. */
+async function withLargeWrites(tool: PgTool): Promise<PgTool> {
+  if (tool.name !== "pg_dump" && tool.name !== "psql") return tool;
+  return { ...tool, largeWrites: await probeLargeWrites(tool.path) };
 }

@@ -1,0 +1,53 @@
+import assert from "node:assert/strict";
+import { probeLargeWrites, spawn } from "./run.ts";
+
+/** Everything a child wrote to stdout, as text, once it exited. */
+async function output(child: ReturnType<typeof spawn>): Promise<string> {
+  const [text] = await Promise.all([new Response(child.stdout).text(), child.status]);
+  return text;
+}
+
+const ENV = "/usr/bin/env";
+// coreutils' stdbuf is part of every Linux this runs on (CI included); elsewhere it may not be.
+const linux = Deno.build.os === "linux";
+
+Deno.test({
+  name: "largeWrites runs a probed program under stdbuf with a 1 MiB stdout buffer",
+  ignore: !linux,
+  async fn() {
+    assert.equal(await probeLargeWrites(ENV), true);
+    // env prints its environment: stdbuf's settings show that it ran in between.
+    const buffered = await output(
+      spawn(ENV, [], { describe: "env", env: { A: "1" }, clearEnv: true, largeWrites: true }),
+    );
+    assert.match(buffered, /^_STDBUF_O=1048576$/m);
+    assert.match(buffered, /^LD_PRELOAD=.*libstdbuf/m);
+    assert.match(buffered, /^A=1$/m);
+    // Without the option, the same program runs as it is.
+    const plain = await output(
+      spawn(ENV, [], { describe: "env", env: { A: "1" }, clearEnv: true }),
+    );
+    assert.equal(plain.trim(), "A=1");
+  },
+});
+
+Deno.test("a program that does not run under stdbuf is started as it is", async () => {
+  const missing = "/nonexistent/pg_dump";
+  assert.equal(await probeLargeWrites(missing), false);
+  // largeWrites is ignored for it: the error names the program itself, not stdbuf.
+  assert.throws(
+    () => spawn(missing, [], { describe: "pg_dump", largeWrites: true }),
+    /cannot start pg_dump: \/nonexistent\/pg_dump: program not found/,
+  );
+});
+
+Deno.test({
+  name: "errors of a child run under stdbuf name the program, not stdbuf",
+  ignore: !linux,
+  async fn() {
+    assert.equal(await probeLargeWrites(ENV), true);
+    const child = spawn(ENV, ["false"], { describe: "env false", largeWrites: true });
+    await child.stdout.cancel();
+    await assert.rejects(child.status, /env false failed: \/usr\/bin\/env exited with code 1/);
+  },
+});
