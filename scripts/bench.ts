@@ -9,7 +9,9 @@
  * restores each into a fresh database, checks each restore's row counts, and prints wall
  * time, CPU time (user+sys of the tool and its children, not the server), peak RSS (the
  * largest process of the tool's tree, from GNU time) and output size, with ratios to the
- * pg_dump figures of the same run. Scale 100 gives about 2.3 GB of raw data.
+ * pg_dump figures of the same run. Scale 100 gives about 2.3 GB of raw data. Before every
+ * step: CHECKPOINT, sync, and a read of what the step reads (the database's files, or the
+ * backup it restores), so no step pays for the one before or finds its input evicted.
  */
 import { run } from "../lib/process/run.ts";
 import { startPg } from "../tests/helpers/pg_server.ts";
@@ -73,9 +75,28 @@ try {
   log(`dataset: ${(raw / 1e9).toFixed(2)} GB on disk, ${counts.size} tables`);
 
   const results: { name: string; backup: Measure; size: number; restore: Measure }[] = [];
-  const time = async (name: string, cmd: string, argv: string[], e = clientEnv) => {
-    // Every step starts from the same server state: no dirty buffers left by the last one.
+  const benchDir = `${pg.dataDir}/base/${
+    (await pg.psql("SELECT oid FROM pg_database WHERE datname = 'bench'")).trim()
+  }`;
+  /**
+   * Every step starts from the same state: no dirty buffers or dirty pages left by the step
+   * before (their writeback would slow this one's reads and fsyncs), and what it reads (the
+   * database, or the backup it restores) in the page cache. (Seen here: the kernel reclaims
+   * cold page cache proactively, so without this the later steps read from disk.)
+   */
+  const settle = async (reads: string[]) => {
     await pg.psql("CHECKPOINT");
+    await run("sync", [], { describe: "sync" });
+    for (const path of reads) await readAll(path);
+  };
+  const time = async (
+    name: string,
+    cmd: string,
+    argv: string[],
+    reads: string[],
+    e = clientEnv,
+  ) => {
+    await settle(reads);
     const out = await run("/usr/bin/time", ["-f", "BENCH %e %U %S %M", cmd, ...argv], {
       describe: name,
       env: e,
@@ -117,14 +138,14 @@ try {
     "-f",
     `${work}/bench.dump`,
     "bench",
-  ]);
+  ], [benchDir]);
   await fresh("r_fc");
   const fcRestore = await time("pg_restore -j", `${bin}/pg_restore`, [
     `-j${jobs}`,
     "-d",
     "r_fc",
     `${work}/bench.dump`,
-  ]);
+  ], [`${work}/bench.dump`]);
   await check("r_fc", "pg_restore of -Fc");
   results.push({
     name: "pg_dump -Fc",
@@ -140,14 +161,14 @@ try {
     "-f",
     `${work}/bench.dir`,
     "bench",
-  ]);
+  ], [benchDir]);
   await fresh("r_fd");
   const fdRestore = await time("pg_restore -Fd", `${bin}/pg_restore`, [
     `-j${jobs}`,
     "-d",
     "r_fd",
     `${work}/bench.dir`,
-  ]);
+  ], [`${work}/bench.dir`]);
   await check("r_fd", "pg_restore of -Fd");
   results.push({
     name: `pg_dump -Fd -j${jobs}`,
@@ -163,6 +184,7 @@ try {
       `dbbackup ${engine}`,
       Deno.execPath(),
       dbb(["backup", "single", "bench", "--engine", engine]),
+      [benchDir],
     );
     // The new set's folder (the repository also has its locks/ folder).
     const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x) && x !== "locks")!;
@@ -178,6 +200,7 @@ try {
         db,
         "--create",
       ]),
+      [`${work}/repo/${id}`],
     );
     await check(db, `dbbackup restore of ${engine}`);
     results.push({
@@ -242,6 +265,25 @@ async function rowCounts(db: string): Promise<Map<string, number>> {
     m.set(t, Number(c));
   }
   return m;
+}
+
+/** Reads every file under `path` (a file or a folder) once, so it is in the page cache. */
+async function readAll(path: string): Promise<void> {
+  const st = await Deno.stat(path);
+  if (st.isDirectory) {
+    for await (const e of Deno.readDir(path)) await readAll(`${path}/${e.name}`);
+    return;
+  }
+  if (!st.isFile) return;
+  const file = await Deno.open(path);
+  try {
+    const buffer = new Uint8Array(1 << 20);
+    while (await file.read(buffer) !== null) {
+      // only the reading matters
+    }
+  } finally {
+    file.close();
+  }
 }
 
 async function size(path: string): Promise<number> {

@@ -68,7 +68,24 @@ export function killAllChildren(signal: Deno.Signal = "SIGTERM"): void {
  * about a third of the CPU time of moving COPY data from psql into this process.
  */
 const largeWriters = new Set<string>();
-const STDBUF = "stdbuf";
+let stdbufPath: Promise<string | undefined> | undefined;
+let stdbufFound: string | undefined;
+
+/** coreutils' stdbuf: in the usual places first (a systemd unit may have no PATH), then PATH. */
+function findStdbuf(): Promise<string | undefined> {
+  return stdbufPath ??= (async () => {
+    const path = Deno.env.get("PATH") ?? "";
+    const dirs = ["/usr/bin", "/bin", "/usr/local/bin", ...path.split(":").filter(Boolean)];
+    for (const dir of dirs) {
+      try {
+        if ((await Deno.stat(`${dir}/stdbuf`)).isFile) return stdbufFound = `${dir}/stdbuf`;
+      } catch {
+        // not here
+      }
+    }
+    return undefined;
+  })();
+}
 
 /**
  * Finds out whether `program` (a dynamically linked C program that accepts `--version`) runs
@@ -76,10 +93,12 @@ const STDBUF = "stdbuf";
  */
 export async function probeLargeWrites(program: string): Promise<boolean> {
   if (largeWriters.has(program)) return true;
+  const stdbuf = await findStdbuf();
+  if (!stdbuf) return false;
   try {
     const [plain, buffered] = await Promise.all([
       run(program, ["--version"], { describe: `${program} --version` }),
-      run(STDBUF, ["-o", "1M", program, "--version"], {
+      run(stdbuf, ["-o", "1M", program, "--version"], {
         describe: `stdbuf -o 1M ${program} --version`,
       }),
     ]);
@@ -96,11 +115,11 @@ export async function probeLargeWrites(program: string): Promise<boolean> {
 /** Starts `cmd` with `args`. The caller must consume `stdout` when it is piped. */
 export function spawn(cmd: string, args: readonly string[], options: SpawnOptions): ChildHandle {
   if (options.signal?.aborted) throw new InterruptedError(`interrupted before ${options.describe}`);
-  const buffered = options.largeWrites === true && largeWriters.has(cmd);
+  const stdbuf = options.largeWrites === true && largeWriters.has(cmd) ? stdbufFound : undefined;
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(buffered ? STDBUF : cmd, {
-      args: buffered ? ["-o", "1M", cmd, ...args] : [...args],
+    child = new Deno.Command(stdbuf ?? cmd, {
+      args: stdbuf ? ["-o", "1M", cmd, ...args] : [...args],
       env: options.env,
       clearEnv: options.clearEnv ?? false,
       cwd: options.cwd,
