@@ -328,6 +328,12 @@ Deno.test("a table in many chunks restores identically, a flipped byte in one ch
          DELETE FROM items WHERE id % 1000 < 150;
          CREATE TABLE notes (id serial PRIMARY KEY, body text);
          INSERT INTO notes (body) SELECT repeat(md5(g::text), 2000) FROM generate_series(1, 5) g;
+         -- A line break in a name: psql's one-line \\copy cannot carry it (copied the plain way).
+         CREATE TABLE "line
+break" ("col
+name" text, n int);
+         INSERT INTO "line
+break" SELECT repeat(md5(g::text), 10), g FROM generate_series(1, 3000) g;
          VACUUM ANALYZE;`,
         { db: "shop" },
       );
@@ -357,6 +363,9 @@ Deno.test("a table in many chunks restores identically, a flipped byte in one ch
       const items = manifest.databases[0].native.tables.find((t) => t.name === "items")!;
       assert.ok(items.chunks.length >= 5, `items is split (${items.chunks.length} chunks)`);
       assert.equal(items.chunks.reduce((n, c) => n + c.rows, 0), 8500, "chunk row counts add up");
+      const broken = manifest.databases[0].native.tables.find((t) => t.name === "line\nbreak")!;
+      assert.ok(broken.chunks.length >= 2, `split too (${broken.chunks.length} chunks)`);
+      assert.equal(broken.chunks.reduce((n, c) => n + c.rows, 0), 3000, "its rows add up too");
       assert.equal(items.chunks.at(-1)!.toPage, null, "the last chunk is open-ended");
 
       const ok = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {

@@ -23,6 +23,11 @@ export interface PsqlOptions {
   stdin?: "piped" | "null";
   /** "piped" when a command writes COPY data to stdout. */
   stdout?: "piped" | "null";
+  /**
+   * Not quiet: command statuses ("COPY n" of a `\copy ... to pstdout`) are printed, to stderr
+   * (--output), so stdout carries nothing but the data.
+   */
+  statusToStderr?: boolean;
   signal?: AbortSignal;
 }
 
@@ -64,7 +69,7 @@ function start(
 ): ChildHandle {
   return spawn(tool.path, [
     "--no-psqlrc",
-    "--quiet",
+    ...(options.statusToStderr ? ["--output=/dev/stderr"] : ["--quiet"]),
     "--no-password",
     "--set",
     "ON_ERROR_STOP=1",
