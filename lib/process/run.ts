@@ -89,20 +89,18 @@ function findStdbuf(): Promise<string | undefined> {
 
 /**
  * Finds out whether `program` (a dynamically linked C program that accepts `--version`) runs
- * under stdbuf here, with the same output as without; spawn's `largeWrites` uses it if so.
+ * under stdbuf here: `stdbuf -o 1M <program> --version` must print `version`, what the
+ * program printed alone. spawn's `largeWrites` uses it if so.
  */
-export async function probeLargeWrites(program: string): Promise<boolean> {
+export async function probeLargeWrites(program: string, version: string): Promise<boolean> {
   if (largeWriters.has(program)) return true;
   const stdbuf = await findStdbuf();
-  if (!stdbuf) return false;
+  if (!stdbuf || version === "") return false;
   try {
-    const [plain, buffered] = await Promise.all([
-      run(program, ["--version"], { describe: `${program} --version` }),
-      run(stdbuf, ["-o", "1M", program, "--version"], {
-        describe: `stdbuf -o 1M ${program} --version`,
-      }),
-    ]);
-    if (plain.stdout === buffered.stdout && plain.stdout !== "") {
+    const buffered = await run(stdbuf, ["-o", "1M", program, "--version"], {
+      describe: `stdbuf -o 1M ${program} --version`,
+    });
+    if (buffered.stdout === version) {
       largeWriters.add(program);
       return true;
     }

@@ -38,11 +38,17 @@ async function isExecutable(path: string): Promise<boolean> {
   }
 }
 
-async function toolVersion(path: string): Promise<{ version: string; major: number }> {
+async function toolVersion(
+  path: string,
+): Promise<{ version: string; major: number; output: string }> {
   const out = await run(path, ["--version"], { describe: `${path} --version` });
   const m = out.stdout.match(/\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?(\S*)/);
   if (!m) throw new DbBackupError("process", `cannot read the version of ${path}`);
-  return { version: `${m[1]}${m[2] ? `.${m[2]}` : ""}${m[3] ?? ""}`, major: Number(m[1]) };
+  return {
+    version: `${m[1]}${m[2] ? `.${m[2]}` : ""}${m[3] ?? ""}`,
+    major: Number(m[1]),
+    output: out.stdout,
+  };
 }
 
 /** Finds `name` for a server of `major`; with pgBin only that folder is searched. */
@@ -58,7 +64,7 @@ export async function findTool(
     if (!await isExecutable(path)) continue;
     const v = await toolVersion(path);
     tried.push(`${path} (${v.version})`);
-    if (v.major >= major) return withLargeWrites({ name, path, ...v });
+    if (v.major >= major) return withLargeWrites(name, path, v);
   }
   if (!pgBin) {
     // Fall back to PATH.
@@ -68,7 +74,7 @@ export async function findTool(
       try {
         const v = await toolVersion(path);
         tried.push(`${path} (${v.version})`);
-        if (v.major >= major) return withLargeWrites({ name, path, ...v });
+        if (v.major >= major) return withLargeWrites(name, path, v);
       } catch {
         tried.push(`${path} (version unknown)`);
       }
@@ -83,8 +89,13 @@ export async function findTool(
   );
 }
 
-/** The tools that write backup data to stdout get their large-writes probe. */
-async function withLargeWrites(tool: PgTool): Promise<PgTool> {
-  if (tool.name !== "pg_dump" && tool.name !== "psql") return tool;
-  return { ...tool, largeWrites: await probeLargeWrites(tool.path) };
+/** The tool found; those that write backup data to stdout get their large-writes probe. */
+async function withLargeWrites(
+  name: PgToolName,
+  path: string,
+  v: { version: string; major: number; output: string },
+): Promise<PgTool> {
+  const tool: PgTool = { name, path, version: v.version, major: v.major };
+  if (name !== "pg_dump" && name !== "psql") return tool;
+  return { ...tool, largeWrites: await probeLargeWrites(path, v.output) };
 }
