@@ -101,7 +101,7 @@ async function restoreTablesInOneTransaction(
   const parts: Part[] = [
     sql("BEGIN;\n"),
     () => script("pre-data"),
-    ...tables.flatMap((t) => chunkCopies(o, file, t, "")),
+    ...tables.flatMap((t) => chunkCopies(o, file, t)),
     () => script("data"),
     () => script("post-data"),
     sql("COMMIT;\n"),
@@ -121,17 +121,20 @@ function sql(text: string): Part {
   return () => Promise.resolve(ReadableStream.from([new TextEncoder().encode(text)]));
 }
 
+/** The table and column list a COPY of `table`'s chunks names. */
+function copyTarget(table: TableRecord): string {
+  const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
+  return table.columns.length ? `${qualified} (${table.columns.join(", ")})` : qualified;
+}
+
 /** One COPY ... FROM stdin per chunk of `table`, each with its verified data inline. */
 function chunkCopies(
   o: NativeRestoreOptions,
   file: (path: string) => FileRecord,
   table: TableRecord,
-  options: string,
 ): Part[] {
-  const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
-  const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
   return table.chunks.flatMap((c) => [
-    sql(`COPY ${qualified}${cols} FROM stdin${options};\n`),
+    sql(`COPY ${copyTarget(table)} FROM stdin;\n`),
     () => o.repo.openFile(o.setId, file(c.path)),
     () => Promise.resolve(ReadableStream.from([END_OF_COPY])),
   ]);
@@ -230,7 +233,6 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   o.signal?.addEventListener("abort", onAbort, { once: true });
   const loadTable = async (table: TableRecord) => {
     const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
-    const cols = table.columns.length ? ` (${table.columns.join(", ")})` : "";
     const tag = `$g${crypto.randomUUID().replaceAll("-", "")}$`;
     const guard = `DO ${tag}BEGIN IF EXISTS (SELECT FROM ONLY ${qualified}) THEN ` +
       `RAISE EXCEPTION 'refusing to load table %: it is not empty', ${
@@ -245,7 +247,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         for (const c of table.chunks) {
           loading = c.path;
           const data = await o.repo.openFile(o.setId, file(c.path));
-          const copy = await tx.unsafe(`COPY ${qualified}${cols} FROM STDIN (FREEZE)`)
+          const copy = await tx.unsafe(`COPY ${copyTarget(table)} FROM STDIN (FREEZE)`)
             .writable();
           await pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
           loading = undefined;
