@@ -12,6 +12,7 @@ import {
   snapshotGlobals,
 } from "./helpers/compare.ts";
 import { cleanEnv, type PgServer, withPg, withTwoPg } from "./helpers/pg_server.ts";
+import { exists } from "./helpers/cli.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
 const ORDER_LINES = '"Sales ""Ünïcode"" Dept"."Order ""Lines"""';
@@ -52,16 +53,6 @@ async function assertRejectsMessage(fn: () => Promise<unknown>, what: string): P
 function assertIncludes(text: string, part: string, what: string): void {
   if (!text.includes(part)) {
     throw new Error(`assertion failed: ${what}: ${JSON.stringify(part)} not in:\n${text}`);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
   }
 }
 

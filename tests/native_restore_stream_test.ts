@@ -15,10 +15,11 @@ import type { DatabaseRecord, FileRecord, TableRecord } from "../lib/repo/manife
 import { Repository } from "../lib/repo/repository.ts";
 import { LocalStorage } from "../lib/storage/local.ts";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
-import { dbbackup, loadWide, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, loadWide, nativeBackupArgs, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
 import {
   cleanEnv,
   type PgServer,
+  queryValue as q,
   quoteIdent,
   quoteLiteral,
   withTwoPg,
@@ -39,26 +40,7 @@ const RESTORE_LIMIT_MS = 60_000;
  * reject first.
  */
 function nativeArgs(repo: string, db: string): string[] {
-  return [
-    "--repo",
-    repo,
-    "-j",
-    "1",
-    "backup",
-    "single",
-    db,
-    "--engine",
-    "native",
-    "--chunk-size",
-    "1m",
-    "--compression",
-    "none",
-  ];
-}
-
-/** One value from a query, trimmed. */
-async function q(pg: PgServer, sql: string, db?: string): Promise<string> {
-  return (await pg.psql(sql, { db })).trim();
+  return nativeBackupArgs(repo, db, "1m", ["--compression", "none"]);
 }
 
 /** An empty database as restore's "create" action makes it (template0). */

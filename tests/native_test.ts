@@ -12,14 +12,22 @@ import {
   type CliResult,
   dbbackup,
   dbbackupKilledWhen,
+  exists,
   loadWide,
   lockFiles,
+  nativeBackupArgs,
   pgEnv,
   setDirs,
   summaryOf,
   tempRepo,
 } from "./helpers/cli.ts";
-import { type PgServer, quoteLiteral, withPg, withTwoPg } from "./helpers/pg_server.ts";
+import {
+  type PgServer,
+  queryValue as q,
+  quoteLiteral,
+  withPg,
+  withTwoPg,
+} from "./helpers/pg_server.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -66,11 +74,6 @@ async function readManifest(repo: string, id: string): Promise<ManifestShape> {
   return JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
 }
 
-/** One value from a query, trimmed. */
-async function q(pg: PgServer, sql: string, db?: string): Promise<string> {
-  return (await pg.psql(sql, { db })).trim();
-}
-
 async function databaseExists(pg: PgServer, db: string): Promise<boolean> {
   return await q(pg, `SELECT count(*) FROM pg_database WHERE datname = ${quoteLiteral(db)}`) ===
     "1";
@@ -89,16 +92,6 @@ async function chunkFiles(repo: string, id: string): Promise<string[]> {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
   return out.sort();
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
 }
 
 /** The chunk records a running or interrupted native backup keeps in `<set>/state/`. */
@@ -157,6 +150,9 @@ async function backupKilledAfter(
   );
   return { id, result };
 }
+
+/** `backup single big` through the native engine, one job, 128 kB chunks. */
+const nativeArgs = (repo: string) => nativeBackupArgs(repo, "big", "128k");
 
 // ---------------------------------------------------------------------------------------------
 // 1. A consistent snapshot while another session moves money around
@@ -410,7 +406,7 @@ Deno.test("a native backup killed with SIGKILL is continued by --resume", async 
     try {
       await loadWide(a, "big", 12_000);
       const before = await snapshotDatabase(a, "big");
-      const args = nativeArgs(repo, "big");
+      const args = nativeArgs(repo);
       const { id } = await backupKilledAfter(repo, args, pgEnv(a), 4);
       const dir = `${repo}/${id}`;
       assert.ok(!(await exists(`${dir}/manifest.json`)), "no manifest");
@@ -577,7 +573,7 @@ Deno.test("a resume after a server restart still counts two snapshots", async ()
     const repo = await tempRepo();
     try {
       await loadWide(a, "big", 8_000);
-      const args = nativeArgs(repo, "big");
+      const args = nativeArgs(repo);
       // Snapshot ids restart with the server: both runs are the first thing after a start, as
       // when the server's restart is what interrupted the backup.
       await restart(a);
@@ -724,7 +720,7 @@ Deno.test("--resume refuses to continue when a table changed since the interrupt
     const repo = await tempRepo();
     try {
       await loadWide(a, "big", 8_000);
-      const args = nativeArgs(repo, "big");
+      const args = nativeArgs(repo);
       const { id } = await backupKilledAfter(repo, args, pgEnv(a), 1);
       await a.psql("ALTER TABLE wide ADD COLUMN extra int DEFAULT 7", { db: "big" });
 
@@ -742,23 +738,6 @@ Deno.test("--resume refuses to continue when a table changed since the interrupt
   });
 });
 
-/** `backup single <db>` through the native engine, one job, 128 kB chunks. */
-function nativeArgs(repo: string, db: string): string[] {
-  return [
-    "--repo",
-    repo,
-    "-j",
-    "1",
-    "backup",
-    "single",
-    db,
-    "--engine",
-    "native",
-    "--chunk-size",
-    "128k",
-  ];
-}
-
 Deno.test("an encrypted native backup killed with SIGKILL is continued by --resume with its key", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();
@@ -767,7 +746,7 @@ Deno.test("an encrypted native backup killed with SIGKILL is continued by --resu
       const before = await snapshotDatabase(a, "big");
       const key = `${repo}.key`;
       assert.equal((await cli(["key", "generate", "--out", key])).code, 0);
-      const args = [...nativeArgs(repo, "big"), "--encrypt", "--key-file", key];
+      const args = [...nativeArgs(repo), "--encrypt", "--key-file", key];
       const { id } = await backupKilledAfter(repo, args, pgEnv(a), 4);
       const dir = `${repo}/${id}`;
       // A chunk published in the instant before the kill, before its (sealed) record: the
@@ -781,7 +760,7 @@ Deno.test("an encrypted native backup killed with SIGKILL is continued by --resu
       assert.ok(!/rawCrc32|rawSha256/.test(await Deno.readTextFile(`${dir}/state/${lost}`)));
       await Deno.remove(`${dir}/state/${lost}`);
 
-      const noKey = await cli(nativeArgs(repo, "big").concat("--resume"), { env: pgEnv(a) });
+      const noKey = await cli(nativeArgs(repo).concat("--resume"), { env: pgEnv(a) });
       assert.equal(noKey.code, 5, noKey.stderr);
       assert.match(noKey.stderr, /cannot resume .* it is encrypted/);
 
@@ -806,7 +785,7 @@ Deno.test("a native restore killed with SIGKILL mid-table leaves no rows of that
     const repo = await tempRepo();
     try {
       await loadWide(a, "big", 120_000);
-      const backup = await cli(nativeArgs(repo, "big"), { env: pgEnv(a) });
+      const backup = await cli(nativeArgs(repo), { env: pgEnv(a) });
       assert.equal(backup.code, 0, backup.stderr);
       const [id] = await setDirs(repo);
       let pid = 0;

@@ -6,7 +6,7 @@ import { strict as assert } from "node:assert";
 import { LocalStorage } from "../lib/storage/local.ts";
 import { Repository } from "../lib/repo/repository.ts";
 import { type Manifest, MANIFEST_FORMAT, MANIFEST_VERSION } from "../lib/repo/manifest.ts";
-import { dbbackup, lockFiles, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
+import { dbbackup, exists, lockFiles, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
 import { withPg } from "./helpers/pg_server.ts";
 
 const HOUR = 3_600_000;
@@ -60,15 +60,6 @@ async function makeSet(repo: Repository, spec: SetSpec): Promise<string> {
   };
   await set.writeManifest(manifest);
   return set.id;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 Deno.test("prune keeps what the policy says per group and never touches what is not a set", async (t) => {

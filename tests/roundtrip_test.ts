@@ -5,18 +5,13 @@
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase, snapshotGlobals } from "./helpers/compare.ts";
 import { dbbackup, loadAwkward, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
-import { type PgServer, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
+import { type PgServer, queryValue as q, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
 const ENGINES = ["pg_dump", "native"] as const;
 
 async function readManifest(repo: string, id: string) {
   return JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
-}
-
-/** One value from a query, trimmed. */
-async function q(pg: PgServer, sql: string, db?: string): Promise<string> {
-  return (await pg.psql(sql, { db })).trim();
 }
 
 async function dbSettings(pg: PgServer, db: string): Promise<string> {

@@ -14,7 +14,9 @@ import {
   type CliResult,
   dbbackup,
   dbbackupKilledWhen,
+  exists,
   loadWide,
+  nativeBackupArgs,
   pgEnv,
 } from "./helpers/cli.ts";
 import { quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
@@ -72,16 +74,6 @@ function cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
 /** Where s3rver keeps the bytes of object `key` (relative to the repository's prefix). */
 function objectFile(s3: S3Server, key: string): string {
   return `${s3.dataDir}/${s3.bucket}/${PREFIX}/${key}${OBJECT}`;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
 }
 
 /**
@@ -197,19 +189,7 @@ Deno.test("a native backup to S3 killed with SIGKILL is continued by --resume in
       const before = await snapshotDatabase(a, "big");
       const repo = `s3://${s3.bucket}/${PREFIX}`;
       const env = { ...pgEnv(a), ...s3Env(s3) };
-      const args = [
-        "--repo",
-        repo,
-        "-j",
-        "1",
-        "backup",
-        "single",
-        "big",
-        "--engine",
-        "native",
-        "--chunk-size",
-        "128k",
-      ];
+      const args = nativeBackupArgs(repo, "big", "128k");
 
       const { id, pid: killed } = await backupKilledAfter(s3, args, env, 4);
       const published = await objects(s3, id);

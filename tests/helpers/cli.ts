@@ -61,6 +61,17 @@ export async function tempRepo(): Promise<string> {
   return await Deno.makeTempDir({ prefix: "dbbackup-test-repo-" });
 }
 
+/** Whether `path` exists (an error other than "not found" is thrown). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
 /**
  * The folders of a repository (complete sets or not), except `locks/`, the repository's lock
  * folder; `lockFiles` lists what is in that one.
@@ -131,6 +142,32 @@ export async function dbbackupKilledWhen<T>(
     );
   }
   return { value, pid, result };
+}
+
+/**
+ * argv of `backup single <db>` into `repo` through the native engine with one job and
+ * `chunkSize` chunks (small, so a test table is split), then `extra`.
+ */
+export function nativeBackupArgs(
+  repo: string,
+  db: string,
+  chunkSize: string,
+  extra: string[] = [],
+): string[] {
+  return [
+    "--repo",
+    repo,
+    "-j",
+    "1",
+    "backup",
+    "single",
+    db,
+    "--engine",
+    "native",
+    "--chunk-size",
+    chunkSize,
+    ...extra,
+  ];
 }
 
 /**

@@ -114,6 +114,11 @@ export async function withPg<T>(fn: (pg: PgServer) => Promise<T>): Promise<T> {
   }
 }
 
+/** One value from a query on `pg` (psql, unaligned, tuples only), trimmed. */
+export async function queryValue(pg: PgServer, sql: string, db?: string): Promise<string> {
+  return (await pg.psql(sql, { db })).trim();
+}
+
 /** Runs `fn` with two independent fresh servers (started in parallel); always cleans both up. */
 export async function withTwoPg<T>(fn: (a: PgServer, b: PgServer) => Promise<T>): Promise<T> {
   const started = await Promise.allSettled([startPg(), startPg()]);
