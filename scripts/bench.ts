@@ -15,6 +15,7 @@
  */
 import { run } from "../lib/process/run.ts";
 import { startPg } from "../tests/helpers/pg_server.ts";
+import { V8_FLAGS_ARG } from "../lib/v8_flags.ts";
 
 const args = parseArgs(Deno.args);
 const scale = Number(args.scale ?? "10");
@@ -123,6 +124,7 @@ try {
   const dbb = (extra: string[]) => [
     "run",
     "-A",
+    V8_FLAGS_ARG,
     MAIN,
     "--repo",
     `${work}/repo`,

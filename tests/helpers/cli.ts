@@ -3,6 +3,7 @@
  * with an explicit environment: nothing from the test process leaks in.
  */
 import { spawn } from "../../lib/process/run.ts";
+import { V8_FLAGS_ARG } from "../../lib/v8_flags.ts";
 import { cleanEnv, type PgServer } from "./pg_server.ts";
 import { waitFor } from "./wait.ts";
 
@@ -24,7 +25,7 @@ export interface CliOptions {
 
 /** `dbbackup <args>`; never throws on a non-zero exit (the exit code is the result). */
 export async function dbbackup(args: string[], options: CliOptions = {}): Promise<CliResult> {
-  const child = spawn(Deno.execPath(), ["run", "-A", "--quiet", MAIN, ...args], {
+  const child = spawn(Deno.execPath(), ["run", "-A", "--quiet", V8_FLAGS_ARG, MAIN, ...args], {
     describe: `dbbackup ${args.join(" ")}`,
     env: cleanEnv({ NO_COLOR: "1", ...options.env }),
     clearEnv: true,
