@@ -1,7 +1,7 @@
 /**
  * Benchmark: dbbackup against pg_dump/pg_restore on the same data, in one run.
  *
- *   deno run -A scripts/bench.ts [--scale N] [--jobs N] [--keep]
+ *   deno run -A scripts/bench.ts [--scale N] [--jobs N] [--rounds N] [--keep]
  *
  * Builds a dataset on a throwaway server (pgbench at --scale, a wide text/jsonb table, a
  * table of 64 KB-1 MB bytea values, a few hundred small tables), then backs it up with
@@ -20,12 +20,20 @@ import { V8_FLAGS_ARG } from "../lib/v8_flags.ts";
 const args = parseArgs(Deno.args);
 const scale = Number(args.scale ?? "10");
 const jobs = Number(args.jobs ?? "2");
+const rounds = Number(args.rounds ?? "1");
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 interface Measure {
   wall: number;
   cpu: number;
   rssMb: number;
+}
+
+interface Result {
+  name: string;
+  backup: Measure;
+  size: number;
+  restore: Measure;
 }
 
 const pg = await startPg();
@@ -75,7 +83,8 @@ try {
   const counts = await rowCounts("bench");
   log(`dataset: ${(raw / 1e9).toFixed(2)} GB on disk, ${counts.size} tables`);
 
-  const results: { name: string; backup: Measure; size: number; restore: Measure }[] = [];
+  /** One list per round, in the same order each round. */
+  const results: Result[][] = [];
   const benchDir = `${pg.dataDir}/base/${
     (await pg.psql("SELECT oid FROM pg_database WHERE datname = 'bench'")).trim()
   }`;
@@ -134,87 +143,102 @@ try {
     ...extra,
   ];
 
-  log("pg_dump -Fc ...");
-  const fc = await time("pg_dump -Fc", `${bin}/pg_dump`, [
-    "-Fc",
-    "-f",
-    `${work}/bench.dump`,
-    "bench",
-  ], [benchDir]);
-  await fresh("r_fc");
-  const fcRestore = await time("pg_restore -j", `${bin}/pg_restore`, [
-    `-j${jobs}`,
-    "-d",
-    "r_fc",
-    `${work}/bench.dump`,
-  ], [`${work}/bench.dump`]);
-  await check("r_fc", "pg_restore of -Fc");
-  results.push({
-    name: "pg_dump -Fc",
-    backup: fc,
-    size: await size(`${work}/bench.dump`),
-    restore: fcRestore,
-  });
-
-  log(`pg_dump -Fd -j${jobs} ...`);
-  const fd = await time("pg_dump -Fd", `${bin}/pg_dump`, [
-    "-Fd",
-    `-j${jobs}`,
-    "-f",
-    `${work}/bench.dir`,
-    "bench",
-  ], [benchDir]);
-  await fresh("r_fd");
-  const fdRestore = await time("pg_restore -Fd", `${bin}/pg_restore`, [
-    `-j${jobs}`,
-    "-d",
-    "r_fd",
-    `${work}/bench.dir`,
-  ], [`${work}/bench.dir`]);
-  await check("r_fd", "pg_restore of -Fd");
-  results.push({
-    name: `pg_dump -Fd -j${jobs}`,
-    backup: fd,
-    size: await size(`${work}/bench.dir`),
-    restore: fdRestore,
-  });
-
-  for (const engine of ["pg_dump", "native"]) {
-    log(`dbbackup --engine ${engine} ...`);
-    const before = new Set(await listDir(`${work}/repo`));
-    const b = await time(
-      `dbbackup ${engine}`,
-      Deno.execPath(),
-      dbb(["backup", "single", "bench", "--engine", engine]),
-      [benchDir],
-    );
-    // The new set's folder (the repository also has its locks/ folder).
-    const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x) && x !== "locks")!;
-    const db = `r_${engine}`;
-    const r = await time(
-      `dbbackup restore ${engine}`,
-      Deno.execPath(),
-      dbb([
-        "restore",
-        "single",
-        id,
-        "--target",
-        db,
-        "--create",
-      ]),
-      [`${work}/repo/${id}`],
-    );
-    await check(db, `dbbackup restore of ${engine}`);
-    results.push({
-      name: `dbbackup ${engine}`,
-      backup: b,
-      size: await size(`${work}/repo/${id}`),
-      restore: r,
+  for (let n = 1; n <= rounds; n++) {
+    if (rounds > 1) log(`round ${n} of ${rounds}`);
+    const round: Result[] = [];
+    for (const old of ["bench.dump", "bench.dir", "repo"]) {
+      await Deno.remove(`${work}/${old}`, { recursive: true }).catch(() => {});
+    }
+    log("pg_dump -Fc ...");
+    const fc = await time("pg_dump -Fc", `${bin}/pg_dump`, [
+      "-Fc",
+      "-f",
+      `${work}/bench.dump`,
+      "bench",
+    ], [benchDir]);
+    await fresh("r_fc");
+    const fcRestore = await time("pg_restore -j", `${bin}/pg_restore`, [
+      `-j${jobs}`,
+      "-d",
+      "r_fc",
+      `${work}/bench.dump`,
+    ], [`${work}/bench.dump`]);
+    await check("r_fc", "pg_restore of -Fc");
+    round.push({
+      name: "pg_dump -Fc",
+      backup: fc,
+      size: await size(`${work}/bench.dump`),
+      restore: fcRestore,
     });
+
+    log(`pg_dump -Fd -j${jobs} ...`);
+    const fd = await time("pg_dump -Fd", `${bin}/pg_dump`, [
+      "-Fd",
+      `-j${jobs}`,
+      "-f",
+      `${work}/bench.dir`,
+      "bench",
+    ], [benchDir]);
+    await fresh("r_fd");
+    const fdRestore = await time("pg_restore -Fd", `${bin}/pg_restore`, [
+      `-j${jobs}`,
+      "-d",
+      "r_fd",
+      `${work}/bench.dir`,
+    ], [`${work}/bench.dir`]);
+    await check("r_fd", "pg_restore of -Fd");
+    round.push({
+      name: `pg_dump -Fd -j${jobs}`,
+      backup: fd,
+      size: await size(`${work}/bench.dir`),
+      restore: fdRestore,
+    });
+
+    for (const engine of ["pg_dump", "native"]) {
+      log(`dbbackup --engine ${engine} ...`);
+      const before = new Set(await listDir(`${work}/repo`));
+      const b = await time(
+        `dbbackup ${engine}`,
+        Deno.execPath(),
+        dbb(["backup", "single", "bench", "--engine", engine]),
+        [benchDir],
+      );
+      // The new set's folder (the repository also has its locks/ folder).
+      const id = (await listDir(`${work}/repo`)).find((x) => !before.has(x) && x !== "locks")!;
+      const db = `r_${engine}`;
+      const r = await time(
+        `dbbackup restore ${engine}`,
+        Deno.execPath(),
+        dbb([
+          "restore",
+          "single",
+          id,
+          "--target",
+          db,
+          "--create",
+        ]),
+        [`${work}/repo/${id}`],
+      );
+      await check(db, `dbbackup restore of ${engine}`);
+      round.push({
+        name: `dbbackup ${engine}`,
+        backup: b,
+        size: await size(`${work}/repo/${id}`),
+        restore: r,
+      });
+    }
+    results.push(round);
   }
 
-  const ref = results[0];
-  const refRestore = results[1].restore; // pg_restore -j from -Fd
+  // Ratios are taken within a round (this machine's speed drifts between minutes), and with
+  // several rounds each figure is the median over the rounds.
+  const median = (xs: number[]) => {
+    const sorted = [...xs].sort((a, b) => a - b);
+    const mid = Math.floor(sorted.length / 2);
+    return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  };
+  const figure = (i: number, f: (round: Result[], r: Result) => number) =>
+    median(results.map((round) => f(round, round[i])));
   const rows = [[
     "tool",
     "backup s",
@@ -228,27 +252,48 @@ try {
     "x pg_restore -Fd",
     "rss MB",
   ]];
-  for (const r of results) {
+  // results[n][0] is pg_dump -Fc, [1] pg_dump -Fd (whose pg_restore is the restore reference).
+  results[0].forEach((r, i) => {
     rows.push([
       r.name,
-      r.backup.wall.toFixed(1),
-      (r.backup.wall / ref.backup.wall).toFixed(2),
-      (r.backup.wall / results[1].backup.wall).toFixed(2),
-      r.backup.cpu.toFixed(1),
-      r.backup.rssMb.toFixed(0),
-      (r.size / 1e6).toFixed(0),
-      (r.size / ref.size).toFixed(2),
-      r.restore.wall.toFixed(1),
-      (r.restore.wall / refRestore.wall).toFixed(2),
-      r.restore.rssMb.toFixed(0),
+      figure(i, (_, x) => x.backup.wall).toFixed(1),
+      figure(i, (round, x) => x.backup.wall / round[0].backup.wall).toFixed(2),
+      figure(i, (round, x) => x.backup.wall / round[1].backup.wall).toFixed(2),
+      figure(i, (_, x) => x.backup.cpu).toFixed(1),
+      figure(i, (_, x) => x.backup.rssMb).toFixed(0),
+      (figure(i, (_, x) => x.size) / 1e6).toFixed(0),
+      figure(i, (round, x) => x.size / round[0].size).toFixed(2),
+      figure(i, (_, x) => x.restore.wall).toFixed(1),
+      figure(i, (round, x) => x.restore.wall / round[1].restore.wall).toFixed(2),
+      figure(i, (_, x) => x.restore.rssMb).toFixed(0),
     ]);
-  }
+  });
   console.log(
     `\nscale ${scale}, ${
       (raw / 1e9).toFixed(2)
-    } GB database, jobs ${jobs}, ${navigator.hardwareConcurrency} cores, PostgreSQL ${pg.version}\n`,
+    } GB database, jobs ${jobs}, ${navigator.hardwareConcurrency} cores, PostgreSQL ${pg.version}${
+      rounds > 1 ? `, median of ${rounds} rounds` : ""
+    }\n`,
   );
   console.log(markdownTable(rows));
+  if (rounds > 1) {
+    console.log("\nnative engine, each round:");
+    const native = results[0].length - 1;
+    results.forEach((round, n) => {
+      const x = round[native];
+      console.log(
+        `round ${n + 1}: backup ${x.backup.wall.toFixed(1)} s = ${
+          (x.backup.wall / round[0].backup.wall).toFixed(2)
+        }x -Fc (${round[0].backup.wall.toFixed(1)} s), ${
+          (x.backup.wall / round[1].backup.wall).toFixed(2)
+        }x -Fd; size ${(x.size / round[0].size).toFixed(2)}x; restore ${
+          x.restore.wall.toFixed(1)
+        } s = ${(x.restore.wall / round[1].restore.wall).toFixed(2)}x pg_restore -Fd (${
+          round[1].restore.wall.toFixed(1)
+        } s); rss ${x.backup.rssMb.toFixed(0)} / ${x.restore.rssMb.toFixed(0)} MB`,
+      );
+    });
+  }
 } finally {
   if (!args.keep) await Deno.remove(work, { recursive: true }).catch(() => {});
   await pg.stop();
