@@ -21,6 +21,9 @@ const args = parseArgs(Deno.args);
 const scale = Number(args.scale ?? "10");
 const jobs = Number(args.jobs ?? "2");
 const rounds = Number(args.rounds ?? "1");
+if (!Number.isInteger(rounds) || rounds < 1) {
+  throw new Error(`--rounds: expected a whole number of at least 1, got "${args.rounds}"`);
+}
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 interface Measure {
