@@ -146,56 +146,38 @@ try {
     ...extra,
   ];
 
+  /** A reference run: pg_dump `dumpArgs` into `out`, then pg_restore -j of it into `db`. */
+  const reference = async (
+    name: string,
+    dumpArgs: string[],
+    out: string,
+    db: string,
+  ): Promise<Result> => {
+    log(`${name} ...`);
+    const backup = await time(name, `${bin}/pg_dump`, [...dumpArgs, "-f", out, "bench"], [
+      benchDir,
+    ]);
+    await fresh(db);
+    const restore = await time(`pg_restore of ${name}`, `${bin}/pg_restore`, [
+      `-j${jobs}`,
+      "-d",
+      db,
+      out,
+    ], [out]);
+    await check(db, `pg_restore of ${name}`);
+    return { name, backup, size: await size(out), restore };
+  };
+
   for (let n = 1; n <= rounds; n++) {
     if (rounds > 1) log(`round ${n} of ${rounds}`);
     const round: Result[] = [];
     for (const old of ["bench.dump", "bench.dir", "repo"]) {
       await Deno.remove(`${work}/${old}`, { recursive: true }).catch(() => {});
     }
-    log("pg_dump -Fc ...");
-    const fc = await time("pg_dump -Fc", `${bin}/pg_dump`, [
-      "-Fc",
-      "-f",
-      `${work}/bench.dump`,
-      "bench",
-    ], [benchDir]);
-    await fresh("r_fc");
-    const fcRestore = await time("pg_restore -j", `${bin}/pg_restore`, [
-      `-j${jobs}`,
-      "-d",
-      "r_fc",
-      `${work}/bench.dump`,
-    ], [`${work}/bench.dump`]);
-    await check("r_fc", "pg_restore of -Fc");
-    round.push({
-      name: "pg_dump -Fc",
-      backup: fc,
-      size: await size(`${work}/bench.dump`),
-      restore: fcRestore,
-    });
-
-    log(`pg_dump -Fd -j${jobs} ...`);
-    const fd = await time("pg_dump -Fd", `${bin}/pg_dump`, [
-      "-Fd",
-      `-j${jobs}`,
-      "-f",
-      `${work}/bench.dir`,
-      "bench",
-    ], [benchDir]);
-    await fresh("r_fd");
-    const fdRestore = await time("pg_restore -Fd", `${bin}/pg_restore`, [
-      `-j${jobs}`,
-      "-d",
-      "r_fd",
-      `${work}/bench.dir`,
-    ], [`${work}/bench.dir`]);
-    await check("r_fd", "pg_restore of -Fd");
-    round.push({
-      name: `pg_dump -Fd -j${jobs}`,
-      backup: fd,
-      size: await size(`${work}/bench.dir`),
-      restore: fdRestore,
-    });
+    round.push(await reference("pg_dump -Fc", ["-Fc"], `${work}/bench.dump`, "r_fc"));
+    round.push(
+      await reference(`pg_dump -Fd -j${jobs}`, ["-Fd", `-j${jobs}`], `${work}/bench.dir`, "r_fd"),
+    );
 
     for (const engine of ["pg_dump", "native"]) {
       log(`dbbackup --engine ${engine} ...`);
