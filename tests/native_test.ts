@@ -600,19 +600,7 @@ Deno.test("--resume continues its own database's set, never one of a similar nam
     try {
       await loadWide(a, "shop-2", 8_000);
       await loadWide(a, "shop", 3_000); // the same tables: only the database name differs
-      const args = (db: string) => [
-        "--repo",
-        repo,
-        "-j",
-        "1",
-        "backup",
-        "single",
-        db,
-        "--engine",
-        "native",
-        "--chunk-size",
-        "128k",
-      ];
+      const args = (db: string) => nativeBackupArgs(repo, db, "128k");
       const { id } = await backupKilledAfter(repo, args("shop-2"), pgEnv(a), 2);
       assert.match(id, /-single-shop-2$/);
 
