@@ -1059,18 +1059,32 @@ export function postDataByTable(
   const postData = new Set(
     toc.entries.filter((e) => e.section === "post-data").map((e) => e.dumpId),
   );
+  // Each table's own entries, found in one pass over the archive.
+  const own = new Map<number, number[]>();
+  for (const e of toc.entries) {
+    if (e.section !== "post-data" || !OWN_POST_DATA.has(e.desc)) continue;
+    const deps = index.tableDeps(e);
+    if (deps.length !== 1 || e.deps.some((d) => postData.has(d))) continue;
+    const ids = own.get(deps[0]);
+    if (ids) ids.push(e.dumpId);
+    else own.set(deps[0], [e.dumpId]);
+  }
+  const byName = new Map(index.tables.map((t) => [tableKey(t), t.table]));
   const out = new Map<string, number[]>();
   for (const t of tables) {
-    const table = index.tables.find((x) => x.schema === t.schema && x.name === t.name)?.table;
-    if (!table) continue;
-    const ids = toc.entries.filter((e) =>
-      e.section === "post-data" && OWN_POST_DATA.has(e.desc) &&
-      index.tableDeps(e).length === 1 && index.tableDeps(e)[0] === table.dumpId &&
-      !e.deps.some((d) => postData.has(d))
-    ).map((e) => e.dumpId);
-    if (ids.length > 0) out.set(tableKey(t), ids);
+    const table = byName.get(tableKey(t));
+    const ids = table && own.get(table.dumpId);
+    if (ids) out.set(tableKey(t), ids);
   }
   return out;
+}
+
+/** Every table the archive creates (its TABLE entries). */
+export function archiveTables(toc: ArchiveToc): TableRef[] {
+  return toc.entries.filter((e) => e.desc === "TABLE").map((e) => ({
+    schema: e.namespace ?? "",
+    name: e.tag,
+  }));
 }
 
 /** The map key `postDataByTable` uses for a table. */

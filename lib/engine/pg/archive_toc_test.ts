@@ -17,12 +17,16 @@ import {
   withPg,
 } from "../../../tests/helpers/pg_server.ts";
 import {
+  archiveTables,
   type ArchiveToc,
+  postDataByTable,
   readArchiveToc,
   schemasNeeded,
   selectForTables,
+  tableKey,
   type TocEntry,
   tocListFile,
+  type TocSection,
 } from "./archive_toc.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -36,6 +40,8 @@ interface FakeEntry {
   tag: string;
   deps?: number[];
   defn?: string;
+  /** fakeToc only; default pre-data. */
+  section?: TocSection;
 }
 
 class ArchiveWriter {
@@ -120,7 +126,7 @@ function fakeToc(entries: FakeEntry[]): ArchiveToc {
       oid: 0,
       tag: e.tag,
       desc: e.desc,
-      section: "pre-data",
+      section: e.section ?? "pre-data",
       defn: e.defn ?? null,
       namespace: e.namespace,
       owner: "postgres",
@@ -312,6 +318,47 @@ Deno.test("selectForTables refuses a child table without its inheritance parent"
     [...selectForTables(toc, { tables: [], schemas: ["shop"] }).dumpIds].sort(),
     [1, 2],
   );
+});
+
+Deno.test("postDataByTable gives each table the post-data entries that need that table alone", () => {
+  const post = "post-data" as const;
+  const toc = fakeToc([
+    { dumpId: 1, desc: "SCHEMA", namespace: null, tag: "s" },
+    { dumpId: 2, desc: "TABLE", namespace: "s", tag: "a", deps: [1] },
+    { dumpId: 3, desc: "TABLE", namespace: "s", tag: "b", deps: [1] },
+    { dumpId: 4, desc: "VIEW", namespace: "s", tag: "v", deps: [2] },
+    { dumpId: 5, desc: "TABLE DATA", namespace: "s", tag: "a", deps: [2], section: "data" },
+    { dumpId: 6, desc: "INDEX", namespace: "s", tag: "a_idx", deps: [2], section: post },
+    { dumpId: 7, desc: "CONSTRAINT", namespace: "s", tag: "a a_pkey", deps: [2], section: post },
+    // Not own: a foreign key (two tables), a rule on two tables, an entry that needs another
+    // post-data entry, a kind that is never built early, a comment (no section).
+    {
+      dumpId: 8,
+      desc: "FK CONSTRAINT",
+      namespace: "s",
+      tag: "b b_fk",
+      deps: [3, 7],
+      section: post,
+    },
+    { dumpId: 9, desc: "RULE", namespace: "s", tag: "b r", deps: [2, 3], section: post },
+    { dumpId: 10, desc: "INDEX", namespace: "s", tag: "b_idx", deps: [3, 6], section: post },
+    { dumpId: 11, desc: "EVENT TRIGGER", namespace: null, tag: "e", section: post },
+    { dumpId: 12, desc: "COMMENT", namespace: "s", tag: "INDEX a_idx", deps: [6], section: "none" },
+    { dumpId: 13, desc: "TRIGGER", namespace: "s", tag: "b t", deps: [3], section: post },
+    // A view's own rule counts for the one table it names.
+    { dumpId: 14, desc: "RULE", namespace: "s", tag: "v _RETURN", deps: [4, 2], section: post },
+  ]);
+  assert.deepEqual(archiveTables(toc), [{ schema: "s", name: "a" }, { schema: "s", name: "b" }]);
+  const own = postDataByTable(toc, [
+    { schema: "s", name: "b" },
+    { schema: "s", name: "a" },
+    { schema: "s", name: "missing" },
+  ]);
+  assert.deepEqual([...own.entries()], [
+    [tableKey({ schema: "s", name: "b" }), [13]],
+    [tableKey({ schema: "s", name: "a" }), [6, 7, 14]],
+  ]);
+  assert.deepEqual(postDataByTable(toc, [{ schema: "s", name: "v" }]), new Map());
 });
 
 Deno.test("selectForTables leaves out a default that needs another table's identity sequence", () => {

@@ -1,7 +1,9 @@
 /**
  * Restore of a natively dumped database: the schema archive's pre-data section, then every
- * chunk through `COPY ... FROM STDIN` on `jobs` connections at once, then the archive's data
- * section (sequence values, large objects), then post-data (indexes, constraints, triggers)
+ * table through `COPY ... FROM STDIN` on `jobs` connections at once, biggest first, each big
+ * table's indexes and keys built as soon as its rows are in; last in that queue the archive's
+ * data section (the small tables' rows, sequence values, large objects) and the other tables'
+ * indexes and keys; then the rest of post-data (foreign keys, partition index attachments)
  * with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
  * a mismatch stops the restore and names the chunk.
  */
@@ -17,7 +19,7 @@ import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import { archiveScript, restoreArchive, withListFile } from "./pg_restore.ts";
 import {
-  type ArchiveToc,
+  archiveTables,
   effectiveSections,
   postDataByTable,
   readArchiveToc,
@@ -55,16 +57,6 @@ const END_OF_COPY = new TextEncoder().encode("\\.\n");
  * their rows are in.
  */
 const EARLY_POST_DATA_BYTES = 32 * 1024 * 1024;
-
-/** Which post-data entries of the big tables can be restored as soon as each table is loaded. */
-async function earlyPostData(
-  tocOf: () => Promise<ArchiveToc>,
-  tables: readonly TableRecord[],
-): Promise<Map<string, number[]>> {
-  const big = tables.filter((t) => t.chunks.length > 1 || t.bytes >= EARLY_POST_DATA_BYTES);
-  if (big.length === 0) return new Map();
-  return postDataByTable(await tocOf(), big);
-}
 
 /**
  * --table/--schema: everything in one transaction of one psql session, so a failure (a chunk
@@ -202,16 +194,21 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   await section("pre-data", 1);
 
   const tables = layout.tables;
-  // Big tables first, each table's chunks one after another: a table is complete early and its
-  // indexes and keys are built (below) while the other worker still loads rows.
+  // The schema archive's table of contents (its start only).
+  const toc = await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
+  // Big tables first: a table is complete early and its indexes and keys are built (below)
+  // while the other workers still load rows.
   const sizeOf = (t: TableRecord) => t.chunks.reduce((n, c) => n + file(c.path).rawBytes, 0);
   const ordered = [...tables].sort((a, b) => sizeOf(b) - sizeOf(a));
-  const queue = [...ordered];
-  // The schema archive's table of contents, read (its start only) once if at all.
-  let toc: ArchiveToc | undefined;
-  const tocOf = async () =>
-    toc ??= await readArchiveToc(await o.repo.openFile(o.setId, schema), schema.path);
-  const early = await earlyPostData(tocOf, ordered);
+  const isBig = (t: TableRecord) => t.chunks.length > 1 || t.bytes >= EARLY_POST_DATA_BYTES;
+  const early = postDataByTable(toc, ordered.filter(isBig));
+  // Every other table's own indexes and keys (the small native tables', and those whose rows
+  // are in the archive's data section): built together by one pg_restore, the last job.
+  const bigKeys = new Set(ordered.filter(isBig).map(tableKey));
+  const late = [
+    ...postDataByTable(toc, archiveTables(toc).filter((t) => !bigKeys.has(tableKey(t))))
+      .values(),
+  ].flat();
   o.reporter.event({
     type: "step",
     part: o.database,
@@ -263,35 +260,62 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       );
     }
   };
+  /** Post-data entries `ids` of the archive, by one pg_restore with `jobs` workers. */
+  const postData = (ids: Iterable<number>, jobs: number, what: string) =>
+    withListFile(
+      tocListFile(toc, new Set(ids)),
+      async (listFile) =>
+        restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
+          database: o.database,
+          jobs,
+          spool: o.spool,
+          clean: false,
+          create: false,
+          section: "post-data",
+          listFile,
+          signal: o.signal,
+          describe: describe(what),
+        }),
+    );
+  // The loads of the tables without early post-data: the last job waits for them.
+  const smallLoads: Promise<void>[] = [];
+  const jobs: (() => Promise<void>)[] = ordered.map((table) => async () => {
+    const ids = early.get(tableKey(table));
+    if (!ids) {
+      const load = loadTable(table);
+      smallLoads.push(load);
+      return await load;
+    }
+    await loadTable(table);
+    o.reporter.event({
+      type: "step",
+      part: o.database,
+      message: `building the indexes and keys of ${table.schema}.${table.name}`,
+    });
+    await postData(ids, 1, `indexes and keys of ${table.schema}.${table.name}`);
+  });
+  // Last: the archive's data section (the small tables' rows, sequence values, large objects),
+  // which needs none of the tables above, then the indexes and keys of every table but the big
+  // ones, once the small native tables are loaded too (every job before this one has started).
+  jobs.push(async () => {
+    await section("data", 1);
+    await Promise.all(smallLoads);
+    if (late.length === 0) return;
+    o.reporter.event({
+      type: "step",
+      part: o.database,
+      message: `building the indexes and keys of ${
+        late.length === 1 ? "a" : "the"
+      } smaller table(s)`,
+    });
+    await postData(late, 1, "indexes and keys of the smaller tables");
+  });
   let failed = false;
   const worker = async () => {
-    while (queue.length > 0 && !failed) {
+    while (jobs.length > 0 && !failed) {
       if (o.signal?.aborted) throw o.signal.reason;
-      const table = queue.shift()!;
       try {
-        await loadTable(table);
-        const ids = early.get(tableKey(table));
-        if (ids) {
-          o.reporter.event({
-            type: "step",
-            part: o.database,
-            message: `building the indexes and keys of ${table.schema}.${table.name}`,
-          });
-          await withListFile(
-            tocListFile(await tocOf(), new Set(ids)),
-            async (listFile) =>
-              restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
-                database: o.database,
-                jobs: 1,
-                clean: false,
-                create: false,
-                section: "post-data",
-                listFile,
-                signal: o.signal,
-                describe: describe(`indexes and keys of ${table.schema}.${table.name}`),
-              }),
-          );
-        }
+        await jobs.shift()!();
       } catch (err) {
         failed = true;
         throw err;
@@ -300,48 +324,28 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   };
   // Every worker finishes (or fails) before the restore goes on or reports a failure.
   const settled = await Promise.allSettled(
-    Array.from({ length: Math.max(1, Math.min(o.jobs, queue.length)) }, worker),
+    Array.from({ length: Math.max(1, Math.min(o.jobs, jobs.length)) }, worker),
   ).finally(async () => {
     o.signal?.removeEventListener("abort", onAbort);
     await pool.end({ timeout: 5 }).catch(() => {});
   });
   const rejected = settled.find((r) => r.status === "rejected");
   if (rejected) throw (rejected as PromiseRejectedResult).reason;
-  const done = new Set([...early.values()].flat());
 
-  await section("data", 1);
-  if (done.size === 0) {
-    await section("post-data", o.jobs);
-    return;
-  }
-  // The rest of post-data: what was not built table by table above.
-  const all = await tocOf();
-  // Post-data as pg_restore's --section sees it: comments and labels on indexes, keys and
-  // triggers have no section of their own and come with the entries before them.
-  const sections = effectiveSections(all);
-  const rest = new Set(
-    all.entries.filter((e) => sections.get(e.dumpId) === "post-data" && !done.has(e.dumpId))
-      .map((e) => e.dumpId),
-  );
-  if (rest.size === 0) return;
+  // The rest of post-data: foreign keys, partition index attachments, and everything else
+  // that was not built table by table above. Post-data as pg_restore's --section sees it:
+  // comments and labels on indexes, keys and triggers have no section of their own and come
+  // with the entries before them.
+  const done = new Set([...early.values(), late].flat());
+  const sections = effectiveSections(toc);
+  const rest = toc.entries.filter((e) =>
+    sections.get(e.dumpId) === "post-data" && !done.has(e.dumpId)
+  ).map((e) => e.dumpId);
+  if (rest.length === 0) return;
   o.reporter.event({
     type: "step",
     part: o.database,
     message: `restoring the rest of post-data of "${o.database}"`,
   });
-  await withListFile(
-    tocListFile(all, rest),
-    async (listFile) =>
-      restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
-        database: o.database,
-        jobs: o.jobs,
-        spool: o.spool,
-        clean: false,
-        create: false,
-        section: "post-data",
-        listFile,
-        signal: o.signal,
-        describe: describe("pg_restore --section=post-data"),
-      }),
-  );
+  await postData(rest, o.jobs, "pg_restore --section=post-data");
 }
