@@ -3,17 +3,22 @@
  * fails its checksum while it streams into the server ends its COPY with CopyFail and the whole
  * table's transaction (its intact first chunk included) rolls back, and no session is left
  * behind. The same call with nothing damaged restores the table exactly, so the harness works.
+ *
+ * And restore() into a database it creates, which checks the files while it restores: a damaged
+ * file found after the restore has begun stops it and drops the new database again.
  */
 import { strict as assert } from "node:assert";
 import { DbBackupError } from "../lib/errors.ts";
 import { resolveSettings } from "../lib/config/settings.ts";
 import { PgTarget } from "../lib/engine/pg/connect.ts";
 import { restoreDatabaseNative } from "../lib/engine/pg/native_restore.ts";
+import { restore } from "../lib/ops/restore.ts";
 import { findTool } from "../lib/engine/pg/tools.ts";
 import type { ProgressEvent } from "../lib/ops/progress.ts";
 import type { DatabaseRecord, FileRecord, TableRecord } from "../lib/repo/manifest.ts";
 import { Repository } from "../lib/repo/repository.ts";
 import { LocalStorage } from "../lib/storage/local.ts";
+import type { ReadOptions } from "../lib/storage/storage.ts";
 import { assertSameSnapshot, snapshotDatabase } from "./helpers/compare.ts";
 import { dbbackup, loadWide, nativeBackupArgs, pgEnv, setDirs, tempRepo } from "./helpers/cli.ts";
 import {
@@ -22,6 +27,7 @@ import {
   queryValue as q,
   quoteIdent,
   quoteLiteral,
+  withPg,
   withTwoPg,
 } from "./helpers/pg_server.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -285,6 +291,120 @@ Deno.test("native restore: a chunk failing its checksum mid-stream rolls its who
         "the damaged restore's sessions to end",
         async () => (await dbbackupSessions(b, "damaged")) === "0",
         10_000,
+      );
+    } finally {
+      await Deno.remove(repoDir, { recursive: true });
+    }
+  });
+});
+
+/**
+ * A local repository whose reads of one file wait for `gate` first (both the check's read and
+ * the restore's).
+ */
+class GatedStorage extends LocalStorage {
+  constructor(
+    dir: string,
+    private readonly file: string,
+    private readonly gate: () => Promise<void>,
+  ) {
+    super(dir);
+  }
+
+  override async read(path: string, options?: ReadOptions): Promise<ReadableStream<Uint8Array>> {
+    if (path.endsWith(`/${this.file}`)) await this.gate();
+    return await super.read(path, options);
+  }
+}
+
+Deno.test("restore into a new database checks the files while it restores: a damaged one found midway drops the database", async () => {
+  await withPg(async (pg) => {
+    const repoDir = await tempRepo();
+    try {
+      await loadWide(pg, "big", ROWS);
+      const before = await snapshotDatabase(pg, "big");
+      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
+        env: pgEnv(pg),
+        limitMs: 60_000,
+      });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [setId] = await setDirs(repoDir);
+      const { target, record } = await harness(pg, repoDir, setId);
+      const wide = record.native!.tables.find((t) => t.name === "wide")!;
+      assert.ok(wide.chunks.length >= 3, `wide is split (${wide.chunks.length} chunks)`);
+      const victim = wide.chunks[1].path;
+
+      /**
+       * restore() of the set into `database`; reads of the victim chunk wait until the restore
+       * has created `database` and its table wide (pre-data ran), which `began` then says.
+       */
+      const restoreInto = async (database: string) => {
+        const seen = { began: false };
+        const gate = async () => {
+          if (seen.began) return;
+          await waitFor(
+            `the restore to create ${database}.public.wide`,
+            async () =>
+              await q(
+                  pg,
+                  `SELECT count(*) FROM pg_database WHERE datname = ${quoteLiteral(database)}`,
+                ) === "1" &&
+              await q(pg, "SELECT to_regclass('public.wide') IS NOT NULL", database) === "t",
+            30_000,
+            50,
+          );
+          seen.began = true;
+        };
+        const events: ProgressEvent[] = [];
+        const run = restore({
+          target,
+          repo: new Repository(new GatedStorage(repoDir, victim, gate)),
+          ref: setId,
+          kind: "single",
+          targetName: database,
+          create: true,
+          clean: false,
+          jobs: 2,
+          pgBin: pg.binDir,
+          dryRun: false,
+          reporter: { event: (e) => events.push(e) },
+        });
+        const outcome = await within(RESTORE_LIMIT_MS, `restore into ${database}`, run).then(
+          (result) => ({ result, error: undefined }),
+          (error: unknown) => ({ result: undefined, error }),
+        );
+        return { ...outcome, began: seen.began, events };
+      };
+
+      // 1. Intact: the gated read waits for pre-data, then the restore completes exactly.
+      const intact = await restoreInto("copy");
+      assert.equal(intact.error, undefined, String(intact.error));
+      assert.equal(intact.result?.status, "complete");
+      assert.ok(intact.began, "the restore had created the database before the gate opened");
+      assertSameSnapshot(await snapshotDatabase(pg, "copy"), before, "restored while checked");
+
+      // 2. One byte flipped in the victim chunk: the check finds it after the restore began.
+      const path = `${repoDir}/${setId}/${victim}`;
+      const bytes = await Deno.readFile(path);
+      bytes[Math.floor(bytes.length / 2)] ^= 0x5a;
+      await Deno.writeFile(path, bytes);
+      const damaged = await restoreInto("fresh");
+      assert.ok(damaged.began, "the restore had created the database and its tables");
+      const err = damaged.error;
+      assert.ok(
+        err instanceof DbBackupError,
+        `a DbBackupError, got ${err instanceof Error ? err.stack : String(err)}`,
+      );
+      assert.equal(err.code, "verification", err.message);
+      assert.ok(err.message.includes(`${setId}/${victim}`), `names ${victim}: ${err.message}`);
+      assert.equal(
+        await q(pg, "SELECT count(*) FROM pg_database WHERE datname = 'fresh'"),
+        "0",
+        "the database the restore created is gone again",
+      );
+      assert.ok(
+        damaged.events.some((e) => e.type === "step" && /^restoring pre-data/.test(e.message)),
+        "pre-data had been restored",
       );
     } finally {
       await Deno.remove(repoDir, { recursive: true });

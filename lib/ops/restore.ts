@@ -1,7 +1,9 @@
 /**
  * `restore single` and `restore cluster`: build a plan (which set, which databases, into
  * which targets, what is created or cleaned), check every file's checksum before the server
- * is touched, then carry the plan out. `--dry-run` stops after the plan.
+ * is touched (a single restore into a database it creates checks them while it restores, and
+ * drops the database again if one is damaged), then carry the plan out. `--dry-run` stops
+ * after the plan.
  */
 import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
@@ -136,6 +138,23 @@ async function restoreLocked(opts: RestoreOptions): Promise<RestoreResult> {
     });
   }
   if (opts.dryRun) return { plan, status: "dry-run", parts: [] };
+  // A single restore into a database it creates checks the files while it restores (the
+  // check reads the files while pg_restore and the server are busy with the schema): if one is
+  // damaged, the restore is stopped and the new database dropped, so nothing changes either
+  // way. Every other restore checks them all before it touches the server.
+  if (plan.kind === "single" && plan.databases.every((d) => d.action === "create")) {
+    const verified = verifyBeforeRestore(opts, plan);
+    verified.catch(() => {}); // awaited below, after the restore has stopped
+    let result: RestoreResult;
+    try {
+      result = await executeRestore(opts, plan, verified);
+    } catch (err) {
+      await verified; // a damaged file is the error to report
+      throw err;
+    }
+    await verified;
+    return result;
+  }
   await verifyBeforeRestore(opts, plan);
   const destructive = plan.databases.filter((d) =>
     d.action === "clean" || d.action === "drop-and-create" || d.action === "recreate" ||
@@ -459,7 +478,15 @@ async function verifyBeforeRestore(opts: RestoreOptions, plan: RestorePlan): Pro
   }
 }
 
-async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<RestoreResult> {
+/**
+ * Carries the plan out. With `verified` (the files' check, still running): each database is
+ * filled while it runs, and one it fails is stopped and dropped again.
+ */
+async function executeRestore(
+  opts: RestoreOptions,
+  plan: RestorePlan,
+  verified?: Promise<void>,
+): Promise<RestoreResult> {
   const parts: RestoreResult["parts"] = [];
   opts.reporter.event({
     type: "start",
@@ -510,7 +537,7 @@ async function executeRestore(opts: RestoreOptions, plan: RestorePlan): Promise<
     async (db) => {
       const started = performance.now();
       try {
-        await restoreDatabase(opts, plan, db, tools, perDatabaseJobs);
+        await restoreDatabase(opts, plan, db, tools, perDatabaseJobs, verified);
         reportPart(opts, db.target, started);
         return { part: db.target, status: "ok" as const };
       } catch (err) {
@@ -533,6 +560,7 @@ async function restoreDatabase(
   db: PlannedDatabase,
   tools: Tools,
   jobs: number,
+  verified?: Promise<void>,
 ): Promise<void> {
   opts.reporter.event({
     type: "step",
@@ -542,7 +570,8 @@ async function restoreDatabase(
   if (db.action === "recreate") await dropDatabase(opts.target, db.target);
   if (db.action === "create" || db.action === "recreate") await createDatabase(opts.target, db);
   try {
-    await fillDatabase(opts, plan, db, tools, jobs);
+    if (verified) await fillWhileVerifying(opts, plan, db, tools, jobs, verified);
+    else await fillDatabase(opts, plan, db, tools, jobs);
   } catch (err) {
     // A database this restore created and could not fill is removed again.
     if (db.action === "create" || db.action === "create-from-archive") {
@@ -550,6 +579,31 @@ async function restoreDatabase(
     }
     throw err;
   }
+}
+
+/**
+ * fillDatabase while the files' check runs: a failed check stops the filling, and both have
+ * ended before this returns. The check's failure is the one reported.
+ */
+async function fillWhileVerifying(
+  opts: RestoreOptions,
+  plan: RestorePlan,
+  db: PlannedDatabase,
+  tools: Tools,
+  jobs: number,
+  verified: Promise<void>,
+): Promise<void> {
+  const stop = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+  const [filled, checked] = await Promise.allSettled([
+    fillDatabase({ ...opts, signal }, plan, db, tools, jobs),
+    verified.catch((err) => {
+      stop.abort(err);
+      throw err;
+    }),
+  ]);
+  if (checked.status === "rejected") throw checked.reason;
+  if (filled.status === "rejected") throw filled.reason;
 }
 
 /** The restore proper: chosen tables, a native set, or a pg_dump archive. */
