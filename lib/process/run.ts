@@ -5,6 +5,7 @@
  * together with the end of the output stream, and the tail of stderr is attached to errors.
  */
 import { DbBackupError, InterruptedError } from "../errors.ts";
+import { enlargeChildPipe } from "./pipes.ts";
 
 export interface SpawnOptions {
   /** Human description used in errors, e.g. `pg_dump of database "shop"`. */
@@ -130,6 +131,9 @@ export function spawn(cmd: string, args: readonly string[], options: SpawnOption
     throw new DbBackupError("process", `cannot start ${options.describe}: ${cmd}: ${reason}`);
   }
   running.add(child);
+  // Bulk data moves through these pipes: 1 MiB instead of 64 KiB each (see pipes.ts).
+  if (options.stdin === "piped") enlargeChildPipe(child.pid, 0);
+  if ((options.stdout ?? "piped") === "piped") enlargeChildPipe(child.pid, 1);
   let killedByAbort = false;
   const onAbort = () => {
     killedByAbort = true;
@@ -166,10 +170,11 @@ export function spawn(cmd: string, args: readonly string[], options: SpawnOption
   // Never an unhandled rejection: callers await `status` when they need it.
   status.catch(() => {});
 
+  let stdout: ReadableStream<Uint8Array> | undefined;
   return {
     pid: child.pid,
     get stdout() {
-      return child.stdout;
+      return stdout ??= largeReads(child.stdout);
     },
     get stdin() {
       return child.stdin;
@@ -183,6 +188,40 @@ export function spawn(cmd: string, args: readonly string[], options: SpawnOption
       }
     },
   };
+}
+
+/**
+ * Deno reads a child's stdout 64 KiB at a time. Read into 256 KiB buffers instead, a native
+ * backup's 2.2 GB of COPY data arrived in a quarter of the reads, which saved about 10% of its
+ * CPU time here (with the 1 MiB pipes of pipes.ts). A read that brings less than a quarter of
+ * a buffer is copied out and the buffer reused, so chatty output does not pin 256 KiB a piece.
+ */
+const STDOUT_READ_BYTES = 256 * 1024;
+
+function largeReads(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  let reader: ReadableStreamBYOBReader;
+  try {
+    reader = stream.getReader({ mode: "byob" });
+  } catch {
+    return stream; // not a byte stream: read it as it is
+  }
+  let buffer = new Uint8Array(STDOUT_READ_BYTES);
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read(buffer);
+      if (done) return controller.close();
+      if (value.byteLength >= STDOUT_READ_BYTES / 4) {
+        controller.enqueue(value);
+        buffer = new Uint8Array(STDOUT_READ_BYTES);
+      } else {
+        controller.enqueue(value.slice());
+        buffer = new Uint8Array(value.buffer);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
 }
 
 export interface RunOptions extends Omit<SpawnOptions, "stdin" | "stdout"> {

@@ -54,3 +54,41 @@ Deno.test({
     await assert.rejects(child.status, /env false failed: \/usr\/bin\/env exited with code 1/);
   },
 });
+
+/** `promise`, or a rejection naming `what` after `ms`. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test({
+  name: "children's stdin and stdout pipes hold 1 MiB, not 64 KiB",
+  ignore: !linux,
+  async fn() {
+    const bytes = 768 * 1024;
+    // A child writing 768 KiB finishes before anything reads its stdout: with a 64 KiB pipe it
+    // would wait for a reader, forever.
+    const writer = spawn("head", ["-c", String(bytes), "/dev/zero"], { describe: "head" });
+    await within(10_000, "head exits with its output unread", writer.status);
+    const out = new Uint8Array(await new Response(writer.stdout).arrayBuffer());
+    assert.equal(out.length, bytes);
+    assert.ok(out.every((b) => b === 0));
+
+    // 768 KiB written to a child that does not read yet: the write completes at once.
+    const reader = spawn("sh", ["-c", "sleep 2; wc -c"], { describe: "wc", stdin: "piped" });
+    const w = reader.stdin.getWriter();
+    await within(1_500, "a 768 KiB write into a child not reading", w.write(new Uint8Array(bytes)));
+    await w.close();
+    const [count] = await Promise.all([new Response(reader.stdout).text(), reader.status]);
+    assert.equal(count.trim(), String(bytes));
+  },
+});
