@@ -9,9 +9,9 @@
  *
  * Deno does not expose the descriptors of a child's pipes, so the pipe is found through /proc
  * (the child's stdin or stdout and one of ours name the same `pipe:[inode]`) and resized with
- * fcntl(F_SETPIPE_SZ) from libc. Anything unusual (another OS, no libc.so.6, no permission to
- * load it, /proc not mounted, the user's pipe quota used up) leaves the pipe as it was: only the
- * speed depends on this.
+ * fcntl(F_SETPIPE_SZ) from libc. Anything unusual (another OS, no libc.so.6, FFI not permitted,
+ * /proc not mounted, the user's pipe quota used up) leaves the pipe as it was: only the speed
+ * depends on this.
  */
 
 /** The size asked for: Linux's default limit for unprivileged processes (pipe-max-size). */
@@ -31,6 +31,8 @@ function openLibc(): Libc | null {
   libc = null;
   if (Deno.build.os !== "linux") return libc;
   try {
+    // Without the permission granted up front, asking for it could prompt on a terminal.
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return libc;
     libc = Deno.dlopen("libc.so.6", {
       fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
     });
