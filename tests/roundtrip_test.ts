@@ -130,6 +130,45 @@ for (const engine of ENGINES) {
   });
 }
 
+Deno.test("a schema with more tables than one transaction can lock restores with both engines", async () => {
+  // The target's lock table holds about 10 x 42 backends = 420 locks; creating the 300 tables
+  // below (each with its TOAST table and index) in one transaction needs about 900.
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await a.createDatabase("many");
+      for (let from = 1; from <= 300; from += 100) {
+        await a.psql(
+          `DO $$ BEGIN FOR i IN ${from}..${from + 99} LOOP
+             EXECUTE format('CREATE TABLE t_%s (id int PRIMARY KEY, v text)', i);
+             EXECUTE format('INSERT INTO t_%s VALUES (%s, repeat(''x'', %s))', i, i, i);
+           END LOOP; END $$;`,
+          { db: "many" },
+        );
+      }
+      const before = await snapshotDatabase(a, "many");
+      assert.equal(Object.keys(before.tables).length, 300);
+      for (const [engine, jobs] of [["pg_dump", "1"], ["native", "2"]]) {
+        const made = await dbbackup(
+          ["--repo", repo, "--json", "backup", "single", "many", "--engine", engine],
+          { env: pgEnv(a) },
+        );
+        assert.equal(made.code, 0, made.stderr);
+        const id = summaryOf(made).setId;
+        const target = `many_${engine}`;
+        const r = await dbbackup(
+          ["--repo", repo, "-j", jobs, "restore", "single", id, "--target", target, "--create"],
+          { env: pgEnv(b) },
+        );
+        assert.equal(r.code, 0, `${engine} -j ${jobs}: ${r.stderr}`);
+        assertSameSnapshot(await snapshotDatabase(b, target), before, `${engine} restore`);
+      }
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  }, { max_locks_per_transaction: "10", max_connections: "20" });
+});
+
 Deno.test("gzip and uncompressed backups restore identically", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

@@ -693,6 +693,7 @@ async function restoreTables(
     clean,
     create: false,
     listFile,
+    singleTransaction: true,
     signal: opts.signal,
     describe: `pg_restore of ${
       db.selection!.tables.length

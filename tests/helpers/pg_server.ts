@@ -87,12 +87,15 @@ export async function findPgBinDir(): Promise<string> {
   );
 }
 
-/** Starts a fresh cluster. On any failure, whatever was created is stopped and removed. */
-export async function startPg(): Promise<PgServer> {
+/**
+ * Starts a fresh cluster, with `settings` (postgresql.conf names and values) over the helper's
+ * own. On any failure, whatever was created is stopped and removed.
+ */
+export async function startPg(settings: Record<string, string> = {}): Promise<PgServer> {
   const binDir = await findPgBinDir();
   const osUser = await serverOsUser();
   const baseDir = await Deno.makeTempDir({ prefix: "dbbackup-test-pg-" });
-  const server = new ThrowawayServer(binDir, baseDir, osUser);
+  const server = new ThrowawayServer(binDir, baseDir, osUser, settings);
   try {
     await server.init();
     return server;
@@ -119,9 +122,15 @@ export async function queryValue(pg: PgServer, sql: string, db?: string): Promis
   return (await pg.psql(sql, { db })).trim();
 }
 
-/** Runs `fn` with two independent fresh servers (started in parallel); always cleans both up. */
-export async function withTwoPg<T>(fn: (a: PgServer, b: PgServer) => Promise<T>): Promise<T> {
-  const started = await Promise.allSettled([startPg(), startPg()]);
+/**
+ * Runs `fn` with two independent fresh servers (started in parallel, the second with
+ * `settingsB` over the defaults); always cleans both up.
+ */
+export async function withTwoPg<T>(
+  fn: (a: PgServer, b: PgServer) => Promise<T>,
+  settingsB: Record<string, string> = {},
+): Promise<T> {
+  const started = await Promise.allSettled([startPg(), startPg(settingsB)]);
   const servers = started.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
   try {
     for (const s of started) if (s.status === "rejected") throw s.reason;
@@ -195,6 +204,7 @@ class ThrowawayServer implements PgServer {
     readonly binDir: string,
     readonly baseDir: string,
     private readonly osUser: OsUser | null,
+    private readonly settings: Record<string, string> = {},
   ) {
     this.dataDir = `${baseDir}/data`;
     this.socketDir = `${baseDir}/sock`;
@@ -254,6 +264,7 @@ class ThrowawayServer implements PgServer {
         shared_buffers: "32MB",
         max_connections: "50",
         password_encryption: confString("scram-sha-256"),
+        ...this.settings,
       });
       try {
         this.#started = true; // from here on, stop() must try pg_ctl stop

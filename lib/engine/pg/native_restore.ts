@@ -260,8 +260,11 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       );
     }
   };
-  /** Post-data entries `ids` of the archive, by one pg_restore with `jobs` workers. */
-  const postData = (ids: Iterable<number>, jobs: number, what: string) =>
+  /**
+   * Post-data entries `ids` of the archive, by one pg_restore with `jobs` workers; with
+   * `oneTransaction` (one table's few entries), all or none of them.
+   */
+  const postData = (ids: Iterable<number>, jobs: number, what: string, oneTransaction = false) =>
     withListFile(
       tocListFile(toc, new Set(ids)),
       async (listFile) =>
@@ -273,6 +276,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
           create: false,
           section: "post-data",
           listFile,
+          singleTransaction: oneTransaction,
           signal: o.signal,
           describe: describe(what),
         }),
@@ -292,7 +296,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
       part: o.database,
       message: `building the indexes and keys of ${table.schema}.${table.name}`,
     });
-    await postData(ids, 1, `indexes and keys of ${table.schema}.${table.name}`);
+    await postData(ids, 1, `indexes and keys of ${table.schema}.${table.name}`, true);
   });
   // Last: the archive's data section (the small tables' rows, sequence values, large objects),
   // which needs none of the tables above, then the indexes and keys of every table but the big

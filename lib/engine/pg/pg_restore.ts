@@ -25,13 +25,22 @@ export interface ArchiveRestoreOptions {
    * sets (no plaintext on disk) and object storage (no local disk for the data).
    */
   spool?: boolean;
+  /**
+   * Everything in one transaction (pg_restore --single-transaction, one streaming job): a
+   * failure, or a stream that fails its checksum at its end, leaves nothing behind. Only for a
+   * bounded number of entries: every object the transaction creates or changes keeps a lock
+   * until it ends, and the server's lock table (max_locks_per_transaction times the number of
+   * connections) runs out after a few thousand; a schema of 3,000 tables failed so. Without it,
+   * pg_restore commits entry by entry, as it does by default.
+   */
+  singleTransaction?: boolean;
   describe: string;
 }
 
 /**
- * Restores a custom-format archive. With one job the stream goes straight into pg_restore's
- * stdin inside one transaction, so a stream that fails its checksum at the end rolls back.
- * With more jobs pg_restore needs a file: the archive is spooled to a private 0600 temp file.
+ * Restores a custom-format archive. With one job (or one transaction, or no spooling) the
+ * stream goes straight into pg_restore's stdin. With more jobs pg_restore needs a file: the
+ * archive is spooled to a private 0600 temp file.
  */
 export async function restoreArchive(
   tool: PgTool,
@@ -44,8 +53,8 @@ export async function restoreArchive(
   if (options.create) args.push("--create");
   if (options.section) args.push(`--section=${options.section}`);
   if (options.listFile) args.push("--use-list", options.listFile);
-  if (options.jobs <= 1 || options.spool === false) {
-    if (!options.create) args.push("--single-transaction");
+  if (options.jobs <= 1 || options.spool === false || options.singleTransaction) {
+    if (options.singleTransaction && !options.create) args.push("--single-transaction");
     const child = spawn(tool.path, args, {
       describe: options.describe,
       env: target.childEnv(),
