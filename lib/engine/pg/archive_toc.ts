@@ -100,6 +100,8 @@ export interface TocEntry {
   dataState: DataState;
   /** Byte offset of the entry's data block in the archive, when `dataState` is "offset_set". */
   dataOffset: number;
+  /** Where in the archive the entry's data state and offset are written. */
+  offsetPos: number;
 }
 
 export interface ArchiveToc {
@@ -374,6 +376,7 @@ function readEntry(c: Cursor, minor: number): TocEntry {
     if (!Number.isFinite(n)) throw new Corrupt(`entry ${dumpId} has dependency "${dep}"`);
     deps.push(n);
   }
+  const offsetPos = c.pos;
   const { state, offset } = c.offset();
   return {
     dumpId,
@@ -389,6 +392,7 @@ function readEntry(c: Cursor, minor: number): TocEntry {
     deps,
     dataState: state,
     dataOffset: offset,
+    offsetPos,
   };
 }
 

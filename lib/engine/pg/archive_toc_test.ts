@@ -133,6 +133,7 @@ function fakeToc(entries: FakeEntry[]): ArchiveToc {
       deps: e.deps ?? [],
       dataState: "no_data",
       dataOffset: 0,
+      offsetPos: 0,
     })),
   };
 }

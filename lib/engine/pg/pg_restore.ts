@@ -3,6 +3,7 @@ import { DbBackupError } from "../../errors.ts";
 import { type ChildHandle, feedChild, spawn } from "../../process/run.ts";
 import { dbnameConninfo, type PgTarget } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
+import { writeDataOffsets } from "./archive_offsets.ts";
 
 export interface ArchiveRestoreOptions {
   /** The database pg_restore connects to (with `create`, the maintenance database). */
@@ -71,6 +72,9 @@ export async function restoreArchive(
     const path = `${dir}/archive.pgdump`;
     const file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
     await input.pipeTo(file.writable, { signal: options.signal });
+    // Without data offsets (pg_dump wrote to a pipe) every worker would read through the file
+    // to find its table's data. Should the scan fail, pg_restore still finds it that way.
+    await writeDataOffsets(path).catch(() => 0);
     const child = spawn(tool.path, [...args, `--jobs=${options.jobs}`, path], {
       describe: options.describe,
       env: target.childEnv(),
