@@ -308,11 +308,9 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     o.reporter.event({
       type: "step",
       part: o.database,
-      message: `building the indexes and keys of ${
-        late.length === 1 ? "a" : "the"
-      } smaller table(s)`,
+      message: "building the indexes and keys of the other tables",
     });
-    await postData(late, 1, "indexes and keys of the smaller tables");
+    await postData(late, 1, "indexes and keys of the other tables");
   });
   let failed = false;
   const worker = async () => {
