@@ -411,3 +411,83 @@ Deno.test("restore into a new database checks the files while it restores: a dam
     }
   });
 });
+
+/** A repository whose chunk files stop halfway until `release` (or forever). */
+class StallingRepository extends Repository {
+  stalled = 0;
+
+  override async openFile(id: string, file: FileRecord): Promise<ReadableStream<Uint8Array>> {
+    const stream = await super.openFile(id, file);
+    if (file.content !== "copy-text") return stream;
+    const reader = stream.getReader();
+    let sent = 0;
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        if (sent > 0) {
+          this.stalled++;
+          await new Promise(() => {}); // the rest never comes
+        }
+        const { done, value } = await reader.read();
+        if (done) return controller.close();
+        sent += value.byteLength;
+        controller.enqueue(value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    }, { highWaterMark: 0 });
+  }
+}
+
+Deno.test("native restore: an abort while chunks stream in ends every COPY and rolls back, with nothing left running", async () => {
+  await withTwoPg(async (a, b) => {
+    const repoDir = await tempRepo();
+    try {
+      await loadWide(a, "big", ROWS);
+      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
+        env: pgEnv(a),
+        limitMs: 60_000,
+      });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [setId] = await setDirs(repoDir);
+      const h = await harness(b, repoDir, setId);
+      const repo = new StallingRepository(new LocalStorage(repoDir));
+      await createEmpty(b, "stopped");
+      const stop = new AbortController();
+      const pgRestore = await findTool("pg_restore", b.major, b.binDir);
+      const psql = await findTool("psql", b.major, b.binDir);
+      const run = restoreDatabaseNative({
+        target: h.target,
+        repo,
+        setId,
+        record: h.record,
+        database: "stopped",
+        createFromArchive: false,
+        dropFirst: false,
+        jobs: 2,
+        spool: true,
+        pgRestore,
+        psql,
+        reporter: { event: () => {} },
+        signal: stop.signal,
+      });
+      run.catch(() => {}); // awaited below
+      // Abort once a COPY is under way: its chunk has sent a piece and waits for the rest.
+      await waitFor("a chunk to stall mid-COPY", () => Promise.resolve(repo.stalled > 0), 30_000);
+      const reason = new Error("stopped by the test");
+      stop.abort(reason);
+      const outcome = await within(
+        20_000,
+        "the aborted restore",
+        run.then(() => "resolved", (e) => e),
+      );
+      assert.equal(outcome, reason, "the restore rejects with the abort's reason");
+      assert.equal(await q(b, "SELECT count(*) FROM public.wide", "stopped"), "0", "rolled back");
+      await waitFor(
+        "the aborted restore's sessions to end",
+        async () => (await dbbackupSessions(b, "stopped")) === "0",
+        10_000,
+      );
+    } finally {
+      await Deno.remove(repoDir, { recursive: true });
+    }
+  });
+});
