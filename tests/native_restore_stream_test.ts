@@ -49,6 +49,15 @@ function nativeArgs(repo: string, db: string): string[] {
   return nativeBackupArgs(repo, db, "1m", ["--compression", "none"]);
 }
 
+/** `wide` with ROWS rows in database "big" on `pg`, backed up natively into `repoDir`: the set's ID. */
+async function backedUpWide(pg: PgServer, repoDir: string): Promise<string> {
+  await loadWide(pg, "big", ROWS);
+  const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(pg), limitMs: 60_000 });
+  assert.equal(backup.code, 0, backup.stderr);
+  const [setId] = await setDirs(repoDir);
+  return setId;
+}
+
 /** An empty database as restore's "create" action makes it (template0). */
 async function createEmpty(pg: PgServer, db: string): Promise<void> {
   await pg.psql(`CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0`);
@@ -60,6 +69,15 @@ function dbbackupSessions(pg: PgServer, db: string): Promise<string> {
     pg,
     `SELECT count(*) FROM pg_stat_activity
       WHERE datname = ${quoteLiteral(db)} AND application_name = 'dbbackup'`,
+  );
+}
+
+/** Waits (10 s at most) until no session of dbbackup is connected to `db`. */
+async function sessionsEnded(pg: PgServer, db: string, what: string): Promise<void> {
+  await waitFor(
+    `${what}'s sessions to end`,
+    async () => (await dbbackupSessions(pg, db)) === "0",
+    10_000,
   );
 }
 
@@ -130,7 +148,11 @@ interface Harness {
   repo: RecordingRepository;
   setId: string;
   record: DatabaseRecord;
-  restore(database: string): Promise<ProgressEvent[]>;
+  /** restoreDatabaseNative into `database`, from `other` (default: the recording repository). */
+  restore(
+    database: string,
+    other?: { repo?: Repository; signal?: AbortSignal },
+  ): Promise<ProgressEvent[]>;
 }
 
 async function harness(pg: PgServer, repoDir: string, setId: string): Promise<Harness> {
@@ -154,7 +176,7 @@ async function harness(pg: PgServer, repoDir: string, setId: string): Promise<Ha
     repo,
     setId,
     record,
-    async restore(database: string) {
+    async restore(database: string, other: { repo?: Repository; signal?: AbortSignal } = {}) {
       const events: ProgressEvent[] = [];
       repo.files.clear();
       repo.order.length = 0;
@@ -163,7 +185,7 @@ async function harness(pg: PgServer, repoDir: string, setId: string): Promise<Ha
         `restoreDatabaseNative into "${database}"`,
         restoreDatabaseNative({
           target,
-          repo,
+          repo: other.repo ?? repo,
           setId,
           record,
           database,
@@ -174,6 +196,7 @@ async function harness(pg: PgServer, repoDir: string, setId: string): Promise<Ha
           pgRestore,
           psql,
           reporter: { event: (e) => events.push(e) },
+          signal: other.signal,
         }),
       );
       return events;
@@ -185,16 +208,9 @@ Deno.test("native restore: a chunk failing its checksum mid-stream rolls its who
   await withTwoPg(async (a, b) => {
     const repoDir = await tempRepo();
     try {
-      await loadWide(a, "big", ROWS);
+      const setId = await backedUpWide(a, repoDir);
       const before = await snapshotDatabase(a, "big");
       assert.equal(before.tables["public.wide"].rows, ROWS);
-
-      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
-        env: pgEnv(a),
-        limitMs: 60_000,
-      });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [setId] = await setDirs(repoDir);
       const h = await harness(b, repoDir, setId);
       const wide: TableRecord | undefined = h.record.native?.tables.find((t) =>
         t.schema === "public" && t.name === "wide"
@@ -215,11 +231,7 @@ Deno.test("native restore: a chunk failing its checksum mid-stream rolls its who
       assert.equal(restored.tables["public.wide"].rows, ROWS);
       assert.equal(restored.tables["public.wide"].md5, before.tables["public.wide"].md5);
       assertSameSnapshot(restored, before, "direct native restore of an intact set");
-      await waitFor(
-        "the intact restore's sessions to end",
-        async () => (await dbbackupSessions(b, "big")) === "0",
-        10_000,
-      );
+      await sessionsEnded(b, "big", "the intact restore");
 
       // 2. One byte flipped in the middle of the second chunk file (by manifest order); the
       // manifest is left as it was. The byte is the first md5 hex letter from the middle on:
@@ -287,11 +299,7 @@ Deno.test("native restore: a chunk failing its checksum mid-stream rolls its who
       );
 
       // No session of the restore is left running in the target.
-      await waitFor(
-        "the damaged restore's sessions to end",
-        async () => (await dbbackupSessions(b, "damaged")) === "0",
-        10_000,
-      );
+      await sessionsEnded(b, "damaged", "the damaged restore");
     } finally {
       await Deno.remove(repoDir, { recursive: true });
     }
@@ -321,14 +329,8 @@ Deno.test("restore into a new database checks the files while it restores: a dam
   await withPg(async (pg) => {
     const repoDir = await tempRepo();
     try {
-      await loadWide(pg, "big", ROWS);
+      const setId = await backedUpWide(pg, repoDir);
       const before = await snapshotDatabase(pg, "big");
-      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
-        env: pgEnv(pg),
-        limitMs: 60_000,
-      });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [setId] = await setDirs(repoDir);
       const { target, record } = await harness(pg, repoDir, setId);
       const wide = record.native!.tables.find((t) => t.name === "wide")!;
       assert.ok(wide.chunks.length >= 3, `wide is split (${wide.chunks.length} chunks)`);
@@ -441,34 +443,12 @@ Deno.test("native restore: an abort while chunks stream in ends every COPY and r
   await withTwoPg(async (a, b) => {
     const repoDir = await tempRepo();
     try {
-      await loadWide(a, "big", ROWS);
-      const backup = await dbbackup(nativeArgs(repoDir, "big"), {
-        env: pgEnv(a),
-        limitMs: 60_000,
-      });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [setId] = await setDirs(repoDir);
+      const setId = await backedUpWide(a, repoDir);
       const h = await harness(b, repoDir, setId);
       const repo = new StallingRepository(new LocalStorage(repoDir));
       await createEmpty(b, "stopped");
       const stop = new AbortController();
-      const pgRestore = await findTool("pg_restore", b.major, b.binDir);
-      const psql = await findTool("psql", b.major, b.binDir);
-      const run = restoreDatabaseNative({
-        target: h.target,
-        repo,
-        setId,
-        record: h.record,
-        database: "stopped",
-        createFromArchive: false,
-        dropFirst: false,
-        jobs: 2,
-        spool: true,
-        pgRestore,
-        psql,
-        reporter: { event: () => {} },
-        signal: stop.signal,
-      });
+      const run = h.restore("stopped", { repo, signal: stop.signal });
       run.catch(() => {}); // awaited below
       // Abort once a COPY is under way: its chunk has sent a piece and waits for the rest.
       await waitFor("a chunk to stall mid-COPY", () => Promise.resolve(repo.stalled > 0), 30_000);
@@ -481,11 +461,7 @@ Deno.test("native restore: an abort while chunks stream in ends every COPY and r
       );
       assert.equal(outcome, reason, "the restore rejects with the abort's reason");
       assert.equal(await q(b, "SELECT count(*) FROM public.wide", "stopped"), "0", "rolled back");
-      await waitFor(
-        "the aborted restore's sessions to end",
-        async () => (await dbbackupSessions(b, "stopped")) === "0",
-        10_000,
-      );
+      await sessionsEnded(b, "stopped", "the aborted restore");
     } finally {
       await Deno.remove(repoDir, { recursive: true });
     }
