@@ -30,7 +30,7 @@ import {
   withPg,
   withTwoPg,
 } from "./helpers/pg_server.ts";
-import { waitFor } from "./helpers/wait.ts";
+import { waitFor, within } from "./helpers/wait.ts";
 
 /** Rows of `wide` (about 350 bytes each): about 4.5 MB of heap, several 1 MB chunks. */
 const ROWS = 12_000;
@@ -79,19 +79,6 @@ async function sessionsEnded(pg: PgServer, db: string, what: string): Promise<vo
     async () => (await dbbackupSessions(pg, db)) === "0",
     10_000,
   );
-}
-
-/** `promise`, or a failure after `ms`: a hung restore fails the test, not the suite. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish in ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, limit]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** What happened to each file a restore read: opened, read to its end, or failed. */

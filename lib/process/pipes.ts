@@ -15,7 +15,7 @@
  */
 
 /** The size asked for: Linux's default limit for unprivileged processes (pipe-max-size). */
-export const PIPE_BYTES = 1024 * 1024;
+const PIPE_BYTES = 1024 * 1024;
 
 const F_SETPIPE_SZ = 1031;
 
@@ -42,16 +42,13 @@ function openLibc(): Libc | null {
   return libc;
 }
 
-/**
- * Resizes the pipe that is descriptor `childFd` (0 or 1) of child `pid` to PIPE_BYTES.
- * Returns the pipe's new size, or undefined when it was left as it was.
- */
-export function enlargeChildPipe(pid: number, childFd: 0 | 1): number | undefined {
+/** Resizes the pipe that is descriptor `childFd` (0 or 1) of child `pid` to PIPE_BYTES. */
+export function enlargeChildPipe(pid: number, childFd: 0 | 1): void {
   const lib = openLibc();
-  if (!lib) return undefined;
+  if (!lib) return;
   try {
     const pipe = Deno.readLinkSync(`/proc/${pid}/fd/${childFd}`);
-    if (!pipe.startsWith("pipe:")) return undefined;
+    if (!pipe.startsWith("pipe:")) return;
     for (const entry of Deno.readDirSync("/proc/self/fd")) {
       let target: string;
       try {
@@ -62,11 +59,10 @@ export function enlargeChildPipe(pid: number, childFd: 0 | 1): number | undefine
       if (target !== pipe) continue;
       // A descriptor closed and reused between the readlink and here is at worst another
       // pipe (resized too, harmlessly) or not a pipe (fcntl fails with EBADF or EINVAL).
-      const size = lib.symbols.fcntl(Number(entry.name), F_SETPIPE_SZ, PIPE_BYTES);
-      return size > 0 ? size : undefined;
+      lib.symbols.fcntl(Number(entry.name), F_SETPIPE_SZ, PIPE_BYTES);
+      return;
     }
   } catch {
     // no /proc, or the child is gone already
   }
-  return undefined;
 }

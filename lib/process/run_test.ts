@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { probeLargeWrites, spawn } from "./run.ts";
+import { within } from "../../tests/helpers/wait.ts";
 
 /** Everything a child wrote to stdout, as text, once it exited. */
 async function output(child: ReturnType<typeof spawn>): Promise<string> {
@@ -54,21 +55,6 @@ Deno.test({
     await assert.rejects(child.status, /env false failed: \/usr\/bin\/env exited with code 1/);
   },
 });
-
-/** `promise`, or a rejection naming `what` after `ms`. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 Deno.test({
   name: "children's stdin and stdout pipes hold 1 MiB, not 64 KiB",

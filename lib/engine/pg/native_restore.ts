@@ -200,11 +200,11 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // while the other workers still load rows.
   const sizeOf = (t: TableRecord) => t.chunks.reduce((n, c) => n + file(c.path).rawBytes, 0);
   const ordered = [...tables].sort((a, b) => sizeOf(b) - sizeOf(a));
-  const isBig = (t: TableRecord) => t.chunks.length > 1 || t.bytes >= EARLY_POST_DATA_BYTES;
-  const early = postDataByTable(toc, ordered.filter(isBig));
+  const big = ordered.filter((t) => t.chunks.length > 1 || t.bytes >= EARLY_POST_DATA_BYTES);
+  const early = postDataByTable(toc, big);
   // Every other table's own indexes and keys (the small native tables', and those whose rows
   // are in the archive's data section): built together by one pg_restore, the last job.
-  const bigKeys = new Set(ordered.filter(isBig).map(tableKey));
+  const bigKeys = new Set(big.map(tableKey));
   const late = [
     ...postDataByTable(toc, archiveTables(toc).filter((t) => !bigKeys.has(tableKey(t))))
       .values(),
