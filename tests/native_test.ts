@@ -663,7 +663,8 @@ Deno.test("a chunk whose backend is terminated mid-COPY is retried from the same
         { env: pgEnv(a) },
       );
       running.then(() => finished = true, () => finished = true);
-      // Find and terminate in one statement: a COPY that is still running.
+      // Find and terminate in one statement: a COPY of a chunk of wide that is still running
+      // (pg_dump's COPY of small, for the schema archive's data section, runs as 'dbbackup' too).
       const killed = await waitFor(
         "a COPY of dbbackup to terminate",
         async () => {
@@ -671,7 +672,7 @@ Deno.test("a chunk whose backend is terminated mid-COPY is retried from the same
           const rows = await watcher<{ pid: number }[]>`
           SELECT pid FROM pg_stat_activity
            WHERE application_name = 'dbbackup' AND state = 'active' AND query LIKE 'COPY%'
-             AND pg_terminate_backend(pid)
+             AND query LIKE '%wide%' AND pg_terminate_backend(pid)
            LIMIT 1`;
           return rows[0]?.pid;
         },
