@@ -454,3 +454,97 @@ Deno.test("native restore: an abort while chunks stream in ends every COPY and r
     }
   });
 });
+
+Deno.test("native restore: a big table's rows load while the rest of pre-data is restored", async () => {
+  await withTwoPg(async (a, b) => {
+    const repoDir = await tempRepo();
+    try {
+      await loadWide(a, "big", ROWS);
+      // wide's users (a view that also needs small, a comment, its bigserial's sequence), and
+      // 800 tables that have nothing to do with it.
+      await a.psql(
+        `CREATE VIEW wide_small AS SELECT w.id, s.v FROM wide w JOIN small s ON s.k = 'k' || w.n;
+         COMMENT ON TABLE wide IS 'the big one';
+         DO $$ BEGIN
+           FOR i IN 1..800 LOOP EXECUTE format('CREATE TABLE pad_%s (id int)', i); END LOOP;
+         END $$;`,
+        { db: "big" },
+      );
+      const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(a), limitMs: 60_000 });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [setId] = await setDirs(repoDir);
+      const before = await snapshotDatabase(a, "big");
+      const h = await harness(b, repoDir, setId);
+      const wide = h.record.native!.tables.find((t) => t.name === "wide")!;
+      assert.ok(wide.chunks.length >= 3, `wide is split (${wide.chunks.length} chunks)`);
+
+      // What the target holds when the restore first reads wide's rows.
+      let seen: { pads: number; view: string; comment: string } | undefined;
+      const gated = new Repository(
+        new GatedStorage(repoDir, wide.chunks[0].path, async () => {
+          seen ??= {
+            pads: Number(
+              await q(b, "SELECT count(*) FROM pg_class WHERE relname LIKE 'pad\\_%'", "big"),
+            ),
+            view: await q(b, "SELECT count(*) FROM pg_views WHERE viewname = 'wide_small'", "big"),
+            comment: await q(b, "SELECT obj_description('public.wide'::regclass)", "big"),
+          };
+        }),
+      );
+      await createEmpty(b, "big");
+      const events = await h.restore("big", { repo: gated });
+      assert.ok(seen, "the restore read wide's first chunk");
+      assert.equal(seen.view, "1", "the view of wide was created before wide's rows");
+      assert.equal(seen.comment, "the big one", "so was wide's comment");
+      assert.ok(
+        seen.pads < 800,
+        `wide's rows were read while the other tables were still being created (${seen.pads} ` +
+          `of 800 existed): ${JSON.stringify(events.map((e) => e.type === "step" && e.message))}`,
+      );
+      assertSameSnapshot(await snapshotDatabase(b, "big"), before, "restore with pre-data split");
+      await sessionsEnded(b, "big", "the restore");
+    } finally {
+      await Deno.remove(repoDir, { recursive: true });
+    }
+  });
+});
+
+Deno.test("native restore: when the rest of pre-data fails, the big tables' loads under way stop", async () => {
+  await withTwoPg(async (a, b) => {
+    const repoDir = await tempRepo();
+    try {
+      await loadWide(a, "big", ROWS);
+      // A table unrelated to wide, owned by a role the target does not have, after 800 other
+      // tables (pre-data is in name order): it fails once wide's load is under way.
+      await a.psql("CREATE ROLE lonely");
+      await a.psql(
+        `DO $$ BEGIN
+           FOR i IN 1..800 LOOP EXECUTE format('CREATE TABLE pad_%s (id int)', i); END LOOP;
+         END $$;
+         CREATE TABLE unrelated (id int);
+         ALTER TABLE unrelated OWNER TO lonely;`,
+        { db: "big" },
+      );
+      const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(a), limitMs: 60_000 });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [setId] = await setDirs(repoDir);
+      const h = await harness(b, repoDir, setId);
+      // wide's chunks stop halfway and never go on: only the failure can end its load.
+      const repo = new StallingRepository(new LocalStorage(repoDir));
+      await createEmpty(b, "big");
+      const outcome = await within(
+        30_000,
+        "the restore whose pre-data fails",
+        h.restore("big", { repo }).then(() => "resolved", (e) => e),
+      );
+      assert.ok(outcome instanceof Error, `the restore rejects, got ${String(outcome)}`);
+      assert.match(outcome.message, /the rest of pre-data/);
+      assert.match(outcome.message, /lonely/);
+      assert.ok(repo.stalled > 0, "wide's load had begun");
+      assert.equal(await q(b, "SELECT count(*) FROM public.wide", "big"), "0", "rolled back");
+      await sessionsEnded(b, "big", "the failed restore");
+    } finally {
+      await Deno.remove(repoDir, { recursive: true });
+    }
+  });
+});

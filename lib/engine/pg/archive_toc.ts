@@ -1083,6 +1083,54 @@ export function postDataByTable(
   return out;
 }
 
+/**
+ * The pre-data entries that must be restored before rows can be loaded into `tables` without
+ * waiting for the rest of pre-data: those tables' own entries, every pre-data entry that uses
+ * them (directly or through another such entry: defaults, comments, sequences they own, views,
+ * partitions and children), and everything all of these need. Restoring the rest of pre-data
+ * while the tables are loaded then takes no lock a load holds (a load holds its table's
+ * ACCESS EXCLUSIVE lock until it commits). Also the entries about the database itself (its
+ * properties, comment, labels, privileges): pg_restore restores them only in the run that
+ * creates the database (--create), so they go with the first part.
+ */
+export function preDataFor(toc: ArchiveToc, tables: readonly TableRef[]): Set<number> {
+  const sections = effectiveSections(toc);
+  const pre = toc.entries.filter((e) => sections.get(e.dumpId) === "pre-data");
+  const byId = new Map(pre.map((e) => [e.dumpId, e]));
+  const keys = new Set(tables.map(tableKey));
+  const users = new Set(
+    pre.filter((e) =>
+      e.desc === "TABLE" && keys.has(tableKey({ schema: e.namespace ?? "", name: e.tag }))
+    )
+      .map((e) => e.dumpId),
+  );
+  // Archive order puts an entry after what it needs, so one pass usually finds every user;
+  // passes repeat until none is added, in case it does not.
+  for (let grew = users.size > 0; grew;) {
+    grew = false;
+    for (const e of pre) {
+      if (!users.has(e.dumpId) && e.deps.some((d) => users.has(d))) {
+        users.add(e.dumpId);
+        grew = true;
+      }
+    }
+  }
+  const needed = new Set<number>();
+  const stack = [...users];
+  for (const e of pre) {
+    if (/^DATABASE( PROPERTIES)?$/.test(e.desc) || e.tag.startsWith("DATABASE ")) {
+      stack.push(e.dumpId);
+    }
+  }
+  while (stack.length > 0) {
+    const id = stack.pop()!;
+    if (needed.has(id)) continue;
+    needed.add(id);
+    for (const d of byId.get(id)?.deps ?? []) if (byId.has(d) && !needed.has(d)) stack.push(d);
+  }
+  return needed;
+}
+
 /** Every table the archive creates (its TABLE entries). */
 export function archiveTables(toc: ArchiveToc): TableRef[] {
   return toc.entries.filter((e) => e.desc === "TABLE").map((e) => ({

@@ -20,6 +20,7 @@ import {
   archiveTables,
   type ArchiveToc,
   postDataByTable,
+  preDataFor,
   readArchiveToc,
   schemasNeeded,
   selectForTables,
@@ -360,6 +361,62 @@ Deno.test("postDataByTable gives each table the post-data entries that need that
     [tableKey({ schema: "s", name: "a" }), [6, 7, 14]],
   ]);
   assert.deepEqual(postDataByTable(toc, [{ schema: "s", name: "v" }]), new Map());
+});
+
+Deno.test("preDataFor gives the pre-data that a table needs and that uses it, and no more", () => {
+  const toc = fakeToc([
+    // The database's own entries go first whatever the tables.
+    { dumpId: 20, desc: "DATABASE", namespace: null, tag: "d" },
+    { dumpId: 21, desc: "DATABASE PROPERTIES", namespace: null, tag: "d", deps: [20] },
+    { dumpId: 22, desc: "COMMENT", namespace: null, tag: "DATABASE d", deps: [20] },
+    { dumpId: 1, desc: "SCHEMA", namespace: null, tag: "s" },
+    { dumpId: 2, desc: "TYPE", namespace: "s", tag: "mood", deps: [1] },
+    { dumpId: 3, desc: "FUNCTION", namespace: "s", tag: "f()", deps: [1] },
+    { dumpId: 4, desc: "TABLE", namespace: "s", tag: "big", deps: [1, 2] },
+    { dumpId: 5, desc: "SEQUENCE", namespace: "s", tag: "big_id_seq", deps: [1] },
+    { dumpId: 6, desc: "SEQUENCE OWNED BY", namespace: "s", tag: "big_id_seq", deps: [5, 4] },
+    // A default of big that calls f: f comes along although big itself does not need it.
+    { dumpId: 7, desc: "DEFAULT", namespace: "s", tag: "big id", deps: [4, 5, 3] },
+    { dumpId: 8, desc: "COMMENT", namespace: "s", tag: "TABLE big", deps: [4], section: "none" },
+    { dumpId: 9, desc: "TABLE", namespace: "s", tag: "small", deps: [1] },
+    // A view of big and small, and a view of that view: small comes along for the first.
+    { dumpId: 10, desc: "VIEW", namespace: "s", tag: "v", deps: [4, 9] },
+    { dumpId: 11, desc: "VIEW", namespace: "s", tag: "v2", deps: [10] },
+    // Pre-data that has nothing to do with big.
+    { dumpId: 12, desc: "TABLE", namespace: "s", tag: "other", deps: [1] },
+    { dumpId: 13, desc: "FUNCTION", namespace: "s", tag: "g()", deps: [1] },
+    { dumpId: 14, desc: "TABLE DATA", namespace: "s", tag: "big", deps: [4], section: "data" },
+    {
+      dumpId: 15,
+      desc: "INDEX",
+      namespace: "s",
+      tag: "big_idx",
+      deps: [4, 13],
+      section: "post-data",
+    },
+    // An ACL after post-data is restored with post-data.
+    { dumpId: 16, desc: "ACL", namespace: "s", tag: "TABLE big", deps: [4], section: "none" },
+  ]);
+  const ids = (tables: { schema: string; name: string }[]) =>
+    [...preDataFor(toc, tables)].sort((a, b) => a - b);
+  const db = [20, 21, 22];
+  assert.deepEqual(ids([{ schema: "s", name: "big" }]), [
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    ...db,
+  ]);
+  assert.deepEqual(ids([{ schema: "s", name: "other" }]), [1, 12, ...db]);
+  assert.deepEqual(ids([{ schema: "s", name: "missing" }]), db);
+  assert.deepEqual(ids([]), db);
 });
 
 Deno.test("selectForTables leaves out a default that needs another table's identity sequence", () => {

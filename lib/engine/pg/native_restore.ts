@@ -1,10 +1,11 @@
 /**
- * Restore of a natively dumped database: the schema archive's pre-data section, then every
- * table through `COPY ... FROM STDIN` on `jobs` connections at once, biggest first, each big
- * table's indexes and keys built as soon as its rows are in; last in that queue the archive's
- * data section (the small tables' rows, sequence values, large objects) and the other tables'
- * indexes and keys; then the rest of post-data (foreign keys, partition index attachments)
- * with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
+ * Restore of a natively dumped database: the part of the schema archive's pre-data section the
+ * big tables need, then every table through `COPY ... FROM STDIN` on `jobs` connections at
+ * once, biggest first, while the rest of pre-data is restored beside them (the other tables
+ * wait for it), each big table's indexes and keys built as soon as its rows are in; last in
+ * that queue the archive's data section (the small tables' rows, sequence values, large
+ * objects) and the other tables' indexes and keys; then the rest of post-data (foreign keys,
+ * partition index attachments) with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
  * a mismatch stops the restore and names the chunk.
  */
 import type { DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
@@ -22,6 +23,7 @@ import {
   archiveTables,
   effectiveSections,
   postDataByTable,
+  preDataFor,
   readArchiveToc,
   tableKey,
   tocListFile,
@@ -168,30 +170,44 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   const schema = file(layout.schemaPath);
   const describe = (what: string) =>
     `${what} of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
-  const section = async (name: "pre-data" | "data" | "post-data", jobs: number) => {
+  /**
+   * A section of the schema archive, or of it only the entries `ids` (`what` names them). The
+   * first pre-data restore creates the database when the archive should, the others fill it.
+   */
+  let created = false;
+  const section = async (
+    name: "pre-data" | "data" | "post-data",
+    jobs: number,
+    ids?: ReadonlySet<number> | readonly number[],
+    what = `${name}`,
+  ) => {
+    const create = name === "pre-data" && o.createFromArchive && !created;
+    created ||= create;
     o.reporter.event({
       type: "step",
       part: o.database,
-      message: `restoring ${name} of "${o.database}"`,
+      message: `restoring ${what} of "${o.database}"`,
     });
-    await restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
-      database: name === "pre-data" && o.createFromArchive ? "postgres" : o.database,
-      jobs,
-      spool: o.spool,
-      clean: name === "pre-data" && o.dropFirst,
-      create: name === "pre-data" && o.createFromArchive,
-      section: name,
-      signal: o.signal,
-      describe: describe(`pg_restore --section=${name}`),
-    });
+    const restore = async (listFile?: string) =>
+      restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
+        database: create ? "postgres" : o.database,
+        jobs,
+        spool: o.spool,
+        clean: create && o.dropFirst,
+        create,
+        section: name,
+        listFile,
+        signal: o.signal,
+        describe: describe(`pg_restore --section=${name}${ids ? ` (${what})` : ""}`),
+      });
+    if (!ids) return await restore();
+    await withListFile(tocListFile(toc, new Set(ids)), restore);
   };
 
   if (o.only) {
     await restoreTablesInOneTransaction(o, o.only, schema, file, describe);
     return;
   }
-
-  await section("pre-data", 1);
 
   const tables = layout.tables;
   // The schema archive's table of contents (its start only).
@@ -209,6 +225,31 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     ...postDataByTable(toc, archiveTables(toc).filter((t) => !bigKeys.has(tableKey(t))))
       .values(),
   ].flat();
+
+  // Pre-data in two parts: first what the big tables need (their definitions, what they use,
+  // and what uses them), then, while their rows are loaded, the rest (pg_restore restores
+  // pre-data one entry at a time, most of it waiting on the server: a second or more for a
+  // few hundred tables, during which the big loads already run).
+  const first = preDataFor(toc, big);
+  const sections = effectiveSections(toc);
+  const second = toc.entries.filter((e) =>
+    sections.get(e.dumpId) === "pre-data" && !first.has(e.dumpId)
+  ).map((e) => e.dumpId);
+  // A failure of the rest of pre-data stops the loads under way (with the same error).
+  const stop = new AbortController();
+  const signal = o.signal ? AbortSignal.any([o.signal, stop.signal]) : stop.signal;
+  let restOfPreData: Promise<void> = Promise.resolve();
+  if (big.length === 0 || second.length === 0) {
+    await section("pre-data", 1);
+  } else {
+    await section("pre-data", 1, first, "pre-data of the big tables");
+    restOfPreData = section("pre-data", 1, second, "the rest of pre-data").catch((err) => {
+      stop.abort(err);
+      throw err;
+    });
+    restOfPreData.catch(() => {}); // awaited below; until then not an unhandled rejection
+  }
+
   o.reporter.event({
     type: "step",
     part: o.database,
@@ -248,7 +289,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         for (const c of table.chunks) {
           loading = c.path;
           let data = await o.repo.openFile(o.setId, file(c.path));
-          if (o.signal) data = data.pipeThrough(new TransformStream(), { signal: o.signal });
+          data = data.pipeThrough(new TransformStream(), { signal });
           const copy = await tx.unsafe(`COPY ${copyTarget(table)} FROM STDIN (FREEZE)`)
             .writable();
           await pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
@@ -256,7 +297,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         }
       });
     } catch (err) {
-      if (o.signal?.aborted) throw o.signal.reason;
+      if (signal.aborted) throw signal.reason;
       const what = loading ? `chunk ${loading} of table` : "table";
       throw o.target.explain(
         err,
@@ -291,11 +332,13 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   const jobs: (() => Promise<void>)[] = ordered.map((table) => async () => {
     const ids = early.get(tableKey(table));
     if (!ids) {
-      const load = loadTable(table);
+      const load = restOfPreData.then(() => loadTable(table));
       smallLoads.push(load);
       return await load;
     }
     await loadTable(table);
+    // An index may use a function of the rest of pre-data.
+    await restOfPreData;
     o.reporter.event({
       type: "step",
       part: o.database,
@@ -307,6 +350,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // which needs none of the tables above, then the indexes and keys of every table but the big
   // ones, once the small native tables are loaded too (every job before this one has started).
   jobs.push(async () => {
+    await restOfPreData;
     await section("data", 1);
     await Promise.all(smallLoads);
     if (late.length === 0) return;
@@ -320,7 +364,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   let failed = false;
   const worker = async () => {
     while (jobs.length > 0 && !failed) {
-      if (o.signal?.aborted) throw o.signal.reason;
+      if (signal.aborted) throw signal.reason;
       try {
         await jobs.shift()!();
       } catch (err) {
@@ -330,9 +374,10 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     }
   };
   // Every worker finishes (or fails) before the restore goes on or reports a failure.
-  const settled = await Promise.allSettled(
-    Array.from({ length: Math.max(1, Math.min(o.jobs, jobs.length)) }, worker),
-  ).finally(async () => {
+  const settled = await Promise.allSettled([
+    ...Array.from({ length: Math.max(1, Math.min(o.jobs, jobs.length)) }, worker),
+    restOfPreData,
+  ]).finally(async () => {
     await pool.end({ timeout: 5 }).catch(() => {});
   });
   const rejected = settled.find((r) => r.status === "rejected");
@@ -343,7 +388,6 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // comments and labels on indexes, keys and triggers have no section of their own and come
   // with the entries before them.
   const done = new Set([...early.values(), late].flat());
-  const sections = effectiveSections(toc);
   const rest = toc.entries.filter((e) =>
     sections.get(e.dumpId) === "post-data" && !done.has(e.dumpId)
   ).map((e) => e.dumpId);
