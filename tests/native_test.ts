@@ -400,6 +400,47 @@ break" SELECT repeat(md5(g::text), 10), g FROM generate_series(1, 3000) g;
 // 3. SIGKILL, then --resume continues the same set
 // ---------------------------------------------------------------------------------------------
 
+Deno.test("a split table of an extension's type, with an index of an extension's operator class, restores identically", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // people is big (split into chunks): its part of pre-data comes first and needs citext;
+      // its trigram index needs pg_trgm, restored with the rest of pre-data beside its load.
+      await a.createDatabase("ext");
+      await a.psql(
+        `CREATE EXTENSION citext;
+         CREATE EXTENSION pg_trgm;
+         CREATE TABLE people (id serial PRIMARY KEY, email citext UNIQUE, name text);
+         INSERT INTO people (email, name)
+           SELECT 'User' || g || '@example.org', md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE INDEX people_name_trgm ON people USING gin (name gin_trgm_ops);
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO other SELECT generate_series(1, 10);`,
+        { db: "ext" },
+      );
+      const before = await snapshotDatabase(a, "ext");
+      const backup = await dbbackup(nativeBackupArgs(repo, "ext", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      const manifest = await readManifest(repo, id);
+      const people = manifest.databases[0].native.tables.find((t) => t.name === "people");
+      assert.ok(people && people.chunks.length > 1, "people is split into chunks");
+      const res = await dbbackup(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assertSameSnapshot(await snapshotDatabase(b, "ext"), before, "ext after restore");
+      assert.equal(
+        await q(b, "SELECT count(*) FROM people WHERE email = 'USER7@EXAMPLE.ORG'", "ext"),
+        "1",
+        "citext compares without case",
+      );
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();
