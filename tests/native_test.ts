@@ -1,6 +1,6 @@
 /**
  * The native engine under stress: consistency while another session writes; tables in many
- * chunks and a damaged chunk; SIGKILL then --resume (single, cluster, after a server restart,
+ * chunks and a damaged chunk; a split table that needs extensions; SIGKILL then --resume (single, cluster, after a server restart,
  * next to a database of a similar name); a worker backend terminated mid-COPY; a resume refused
  * because the tables changed. Plain round trips of the awkward dataset live in roundtrip_test.ts.
  */
