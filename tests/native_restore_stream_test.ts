@@ -49,9 +49,13 @@ function nativeArgs(repo: string, db: string): string[] {
   return nativeBackupArgs(repo, db, "1m", ["--compression", "none"]);
 }
 
-/** `wide` with ROWS rows in database "big" on `pg`, backed up natively into `repoDir`: the set's ID. */
-async function backedUpWide(pg: PgServer, repoDir: string): Promise<string> {
+/**
+ * `wide` with ROWS rows in database "big" on `pg` (and what `extraSql` adds), backed up natively
+ * into `repoDir`: the set's ID.
+ */
+async function backedUpWide(pg: PgServer, repoDir: string, extraSql?: string): Promise<string> {
   await loadWide(pg, "big", ROWS);
+  if (extraSql) await pg.psql(extraSql, { db: "big" });
   const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(pg), limitMs: 60_000 });
   assert.equal(backup.code, 0, backup.stderr);
   const [setId] = await setDirs(repoDir);
@@ -455,24 +459,27 @@ Deno.test("native restore: an abort while chunks stream in ends every COPY and r
   });
 });
 
+/**
+ * 800 empty tables pad_1 ... pad_800: pre-data that takes pg_restore a second or more, so a
+ * test can see what happens while it runs.
+ */
+const PAD_TABLES = `DO $$ BEGIN
+  FOR i IN 1..800 LOOP EXECUTE format('CREATE TABLE pad_%s (id int)', i); END LOOP;
+END $$;`;
+
 Deno.test("native restore: a big table's rows load while the rest of pre-data is restored", async () => {
   await withTwoPg(async (a, b) => {
     const repoDir = await tempRepo();
     try {
-      await loadWide(a, "big", ROWS);
       // wide's users (a view that also needs small, a comment, its bigserial's sequence), and
       // 800 tables that have nothing to do with it.
-      await a.psql(
+      const setId = await backedUpWide(
+        a,
+        repoDir,
         `CREATE VIEW wide_small AS SELECT w.id, s.v FROM wide w JOIN small s ON s.k = 'k' || w.n;
          COMMENT ON TABLE wide IS 'the big one';
-         DO $$ BEGIN
-           FOR i IN 1..800 LOOP EXECUTE format('CREATE TABLE pad_%s (id int)', i); END LOOP;
-         END $$;`,
-        { db: "big" },
+         ${PAD_TABLES}`,
       );
-      const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(a), limitMs: 60_000 });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [setId] = await setDirs(repoDir);
       const before = await snapshotDatabase(a, "big");
       const h = await harness(b, repoDir, setId);
       const wide = h.record.native!.tables.find((t) => t.name === "wide")!;
@@ -513,21 +520,16 @@ Deno.test("native restore: when the rest of pre-data fails, the big tables' load
   await withTwoPg(async (a, b) => {
     const repoDir = await tempRepo();
     try {
-      await loadWide(a, "big", ROWS);
+      await a.psql("CREATE ROLE lonely");
       // A table unrelated to wide, owned by a role the target does not have, after 800 other
       // tables (pre-data is in name order): it fails once wide's load is under way.
-      await a.psql("CREATE ROLE lonely");
-      await a.psql(
-        `DO $$ BEGIN
-           FOR i IN 1..800 LOOP EXECUTE format('CREATE TABLE pad_%s (id int)', i); END LOOP;
-         END $$;
+      const setId = await backedUpWide(
+        a,
+        repoDir,
+        `${PAD_TABLES}
          CREATE TABLE unrelated (id int);
          ALTER TABLE unrelated OWNER TO lonely;`,
-        { db: "big" },
       );
-      const backup = await dbbackup(nativeArgs(repoDir, "big"), { env: pgEnv(a), limitMs: 60_000 });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [setId] = await setDirs(repoDir);
       const h = await harness(b, repoDir, setId);
       // wide's chunks stop halfway and never go on: only the failure can end its load.
       const repo = new StallingRepository(new LocalStorage(repoDir));
