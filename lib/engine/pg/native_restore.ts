@@ -5,8 +5,8 @@
  * wait for it), each big table's indexes and keys built as soon as its rows are in; last in
  * that queue the archive's data section (the small tables' rows, sequence values, large
  * objects) and the other tables' indexes and keys; then the rest of post-data (foreign keys,
- * partition index attachments) with `jobs` pg_restore workers. Every chunk is checked against its checksums as it streams;
- * a mismatch stops the restore and names the chunk.
+ * partition index attachments) with `jobs` pg_restore workers. Every chunk is checked against
+ * its checksums as it streams; a mismatch stops the restore and names the chunk.
  */
 import type { DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
 import type { Repository } from "../../repo/repository.ts";
