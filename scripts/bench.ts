@@ -7,8 +7,10 @@
  * table of 64 KB-1 MB bytea values, a few hundred small tables), then backs it up with
  * `pg_dump -Fc`, `pg_dump -Fd -j N`, dbbackup --engine pg_dump and dbbackup --engine native,
  * restores each into a fresh database, checks each restore's row counts, and prints wall
- * time, CPU time (user+sys of the tool and its children, not the server), peak RSS (the
- * largest process of the tool's tree, from GNU time) and output size, with ratios to the
+ * time, CPU time (user+sys of the tool and its children, not the server), the machine's busy
+ * CPU time during the step (the server's work included: with everything else idle, what the
+ * step cost the machine), peak RSS (the largest process of the tool's tree, from GNU time)
+ * and output size, with ratios to the
  * pg_dump figures of the same run. Scale 100 gives about 2.3 GB of raw data. Before every
  * step: CHECKPOINT, sync, and a read of what the step reads (the database's files, or the
  * backup it restores), so no step pays for the one before or finds its input evicted.
@@ -28,6 +30,12 @@ const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 interface Measure {
   wall: number;
+  /**
+   * CPU seconds the whole machine was busy during the step (server, tool, everything else:
+   * /proc/stat), or NaN where that cannot be read. On a busy-bound machine, wall time cannot go
+   * below this divided by the cores.
+   */
+  busy: number;
   cpu: number;
   rssMb: number;
 }
@@ -110,6 +118,7 @@ try {
     e = clientEnv,
   ) => {
     await settle(reads);
+    const busyBefore = await machineBusySeconds();
     const out = await run("/usr/bin/time", ["-f", "BENCH %e %U %S %M", cmd, ...argv], {
       describe: name,
       env: e,
@@ -117,7 +126,13 @@ try {
     });
     const m = out.stderr.match(/BENCH ([\d.]+) ([\d.]+) ([\d.]+) (\d+)/);
     if (!m) throw new Error(`${name}: no timing in ${out.stderr.slice(-500)}`);
-    return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), rssMb: Number(m[4]) / 1024 };
+    const busy = (await machineBusySeconds()) - busyBefore;
+    return {
+      wall: Number(m[1]),
+      busy,
+      cpu: Number(m[2]) + Number(m[3]),
+      rssMb: Number(m[4]) / 1024,
+    };
   };
   const fresh = async (db: string) => {
     await pg.psql(`DROP DATABASE IF EXISTS ${db}`);
@@ -230,11 +245,13 @@ try {
     "x -Fc",
     "x -Fd",
     "cpu s",
+    "busy s",
     "rss MB",
     "size MB",
     "x -Fc",
     "restore s",
     "x pg_restore -Fd",
+    "busy s",
     "rss MB",
   ]];
   // results[n][0] is pg_dump -Fc, [1] pg_dump -Fd (whose pg_restore is the restore reference).
@@ -245,11 +262,13 @@ try {
       figure(i, (round, x) => x.backup.wall / round[0].backup.wall).toFixed(2),
       figure(i, (round, x) => x.backup.wall / round[1].backup.wall).toFixed(2),
       figure(i, (_, x) => x.backup.cpu).toFixed(1),
+      figure(i, (_, x) => x.backup.busy).toFixed(1),
       figure(i, (_, x) => x.backup.rssMb).toFixed(0),
       (figure(i, (_, x) => x.size) / 1e6).toFixed(0),
       figure(i, (round, x) => x.size / round[0].size).toFixed(2),
       figure(i, (_, x) => x.restore.wall).toFixed(1),
       figure(i, (round, x) => x.restore.wall / round[1].restore.wall).toFixed(2),
+      figure(i, (_, x) => x.restore.busy).toFixed(1),
       figure(i, (_, x) => x.restore.rssMb).toFixed(0),
     ]);
   });
@@ -275,13 +294,31 @@ try {
           x.restore.wall.toFixed(1)
         } s = ${(x.restore.wall / round[1].restore.wall).toFixed(2)}x pg_restore -Fd (${
           round[1].restore.wall.toFixed(1)
-        } s); rss ${x.backup.rssMb.toFixed(0)} / ${x.restore.rssMb.toFixed(0)} MB`,
+        } s); restore busy ${x.restore.busy.toFixed(1)} CPU-s (pg_restore -Fd: ${
+          round[1].restore.busy.toFixed(1)
+        }); rss ${x.backup.rssMb.toFixed(0)} / ${x.restore.rssMb.toFixed(0)} MB`,
       );
     });
   }
 } finally {
   if (!args.keep) await Deno.remove(work, { recursive: true }).catch(() => {});
   await pg.stop();
+}
+
+/**
+ * CPU seconds all cores have been busy since boot (user, nice, system, irq, softirq, steal:
+ * everything but idle and iowait), from /proc/stat; NaN where there is none.
+ */
+async function machineBusySeconds(): Promise<number> {
+  try {
+    const line = (await Deno.readTextFile("/proc/stat")).split("\n")[0];
+    const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1)
+      .map(Number);
+    // USER_HZ is 100 on every Linux this runs on.
+    return (user + nice + system + irq + softirq + steal) / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 async function rowCounts(db: string): Promise<Map<string, number>> {
