@@ -5,6 +5,7 @@
  * drops the database again if one is damaged), then carry the plan out. `--dry-run` stops
  * after the plan.
  */
+import { stopOnFailure } from "../abort.ts";
 import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
@@ -145,15 +146,8 @@ async function restoreLocked(opts: RestoreOptions): Promise<RestoreResult> {
   if (plan.kind === "single" && plan.databases.every((d) => d.action === "create")) {
     const verified = verifyBeforeRestore(opts, plan);
     verified.catch(() => {}); // awaited below, after the restore has stopped
-    let result: RestoreResult;
-    try {
-      result = await executeRestore(opts, plan, verified);
-    } catch (err) {
-      await verified; // a damaged file is the error to report
-      throw err;
-    }
-    await verified;
-    return result;
+    // Once the restore has stopped, a damaged file is the error to report.
+    return await executeRestore(opts, plan, verified).finally(() => verified);
   }
   await verifyBeforeRestore(opts, plan);
   const destructive = plan.databases.filter((d) =>
@@ -593,14 +587,10 @@ async function fillWhileVerifying(
   jobs: number,
   verified: Promise<void>,
 ): Promise<void> {
-  const stop = new AbortController();
-  const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+  const check = stopOnFailure(verified, opts.signal);
   const [filled, checked] = await Promise.allSettled([
-    fillDatabase({ ...opts, signal }, plan, db, tools, jobs),
-    verified.catch((err) => {
-      stop.abort(err);
-      throw err;
-    }),
+    fillDatabase({ ...opts, signal: check.signal }, plan, db, tools, jobs),
+    check.task,
   ]);
   if (checked.status === "rejected") throw checked.reason;
   if (filled.status === "rejected") throw filled.reason;

@@ -10,6 +10,7 @@
  */
 import type { DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
 import type { Repository } from "../../repo/repository.ts";
+import { stopOnFailure } from "../../abort.ts";
 import { DbBackupError } from "../../errors.ts";
 import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
@@ -171,22 +172,19 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   const describe = (what: string) =>
     `${what} of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
   /**
-   * A section of the schema archive, or of it only the entries `ids` (`what` names them). The
-   * first pre-data restore creates the database when the archive should, the others fill it.
+   * A section of the schema archive, or of it only the entries `only.ids`. With `create`, the
+   * run that creates the database (by default the pre-data restore, when the archive should).
    */
-  let created = false;
   const section = async (
     name: "pre-data" | "data" | "post-data",
     jobs: number,
-    ids?: ReadonlySet<number> | readonly number[],
-    what = `${name}`,
+    only?: { ids: Iterable<number>; what: string },
+    create = name === "pre-data" && o.createFromArchive,
   ) => {
-    const create = name === "pre-data" && o.createFromArchive && !created;
-    created ||= create;
     o.reporter.event({
       type: "step",
       part: o.database,
-      message: `restoring ${what} of "${o.database}"`,
+      message: `restoring ${only?.what ?? name} of "${o.database}"`,
     });
     const restore = async (listFile?: string) =>
       restoreArchive(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
@@ -198,10 +196,10 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         section: name,
         listFile,
         signal: o.signal,
-        describe: describe(`pg_restore --section=${name}${ids ? ` (${what})` : ""}`),
+        describe: describe(`pg_restore --section=${name}${only ? ` (${only.what})` : ""}`),
       });
-    if (!ids) return await restore();
-    await withListFile(tocListFile(toc, new Set(ids)), restore);
+    if (!only) return await restore();
+    await withListFile(tocListFile(toc, new Set(only.ids)), restore);
   };
 
   if (o.only) {
@@ -236,18 +234,17 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     sections.get(e.dumpId) === "pre-data" && !first.has(e.dumpId)
   ).map((e) => e.dumpId);
   // A failure of the rest of pre-data stops the loads under way (with the same error).
-  const stop = new AbortController();
-  const signal = o.signal ? AbortSignal.any([o.signal, stop.signal]) : stop.signal;
   let restOfPreData: Promise<void> = Promise.resolve();
+  let signal = o.signal;
   if (big.length === 0 || second.length === 0) {
     await section("pre-data", 1);
   } else {
-    await section("pre-data", 1, first, "pre-data of the big tables");
-    restOfPreData = section("pre-data", 1, second, "the rest of pre-data").catch((err) => {
-      stop.abort(err);
-      throw err;
-    });
-    restOfPreData.catch(() => {}); // awaited below; until then not an unhandled rejection
+    await section("pre-data", 1, { ids: first, what: "pre-data of the big tables" });
+    const rest = { ids: second, what: "the rest of pre-data" };
+    ({ task: restOfPreData, signal } = stopOnFailure(
+      section("pre-data", 1, rest, false),
+      o.signal,
+    ));
   }
 
   o.reporter.event({
@@ -289,7 +286,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         for (const c of table.chunks) {
           loading = c.path;
           let data = await o.repo.openFile(o.setId, file(c.path));
-          data = data.pipeThrough(new TransformStream(), { signal });
+          if (signal) data = data.pipeThrough(new TransformStream(), { signal });
           const copy = await tx.unsafe(`COPY ${copyTarget(table)} FROM STDIN (FREEZE)`)
             .writable();
           await pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
@@ -297,7 +294,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
         }
       });
     } catch (err) {
-      if (signal.aborted) throw signal.reason;
+      if (signal?.aborted) throw signal.reason;
       const what = loading ? `chunk ${loading} of table` : "table";
       throw o.target.explain(
         err,
@@ -364,7 +361,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   let failed = false;
   const worker = async () => {
     while (jobs.length > 0 && !failed) {
-      if (signal.aborted) throw signal.reason;
+      if (signal?.aborted) throw signal.reason;
       try {
         await jobs.shift()!();
       } catch (err) {
