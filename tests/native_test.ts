@@ -441,6 +441,66 @@ Deno.test("a split table of an extension's type, with an index of an extension's
   });
 });
 
+Deno.test("a native backup that row-level security would filter fails instead of losing rows", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // notes is big (split into chunks, copied by the native engine); reader may read it,
+      // but its policy shows reader only a tenth of the rows.
+      await a.createDatabase("rls");
+      await a.psql(
+        `CREATE ROLE reader LOGIN;
+         CREATE TABLE notes (id int PRIMARY KEY, author text, body text);
+         INSERT INTO notes
+           SELECT g, CASE WHEN g % 10 = 0 THEN 'reader' ELSE 'someone' END, md5(g::text)
+             FROM generate_series(1, 20000) g;
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+         CREATE POLICY own_notes ON notes FOR SELECT USING (author = current_user);
+         GRANT SELECT ON notes TO reader;`,
+        { db: "rls" },
+      );
+      const before = await snapshotDatabase(a, "rls");
+      const args = nativeBackupArgs(repo, "rls", "256k");
+
+      const filtered = await cli(args, { env: pgEnv(a, { PGUSER: "reader" }) });
+      assert.notEqual(filtered.code, 0, "a backup of the rows reader happens to see must fail");
+      assert.match(filtered.stderr, /row-level security/);
+      assert.match(filtered.stderr, /notes/);
+      // The server's message, not buried in psql's statuses or libpq's warning about the
+      // password file dbbackup points it at.
+      assert.doesNotMatch(filtered.stderr, /^(BEGIN|SET)$/m);
+      assert.doesNotMatch(filtered.stderr, /password file/);
+      for (const id of await setDirs(repo)) {
+        assert.notEqual((await readManifest(repo, id).catch(() => undefined))?.status, "complete");
+        await Deno.remove(`${repo}/${id}`, { recursive: true });
+      }
+
+      // A role that bypasses it (here the superuser) backs up every row, and the restore loads
+      // them all although the table's policies are back in place.
+      const full = await cli(args, { env: pgEnv(a) });
+      assert.equal(full.code, 0, full.stderr);
+      const [id] = await setDirs(repo);
+      const notes = (await readManifest(repo, id)).databases[0].native.tables
+        .find((t) => t.name === "notes");
+      assert.ok(notes && notes.chunks.length > 1, "notes is split into chunks");
+      assert.equal(notes.chunks.reduce((n, c) => n + c.rows, 0), 20000);
+      await b.psql("CREATE ROLE reader LOGIN");
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assertSameSnapshot(await snapshotDatabase(b, "rls"), before, "rls after restore");
+      assert.equal(
+        await q(b, "SELECT relforcerowsecurity FROM pg_class WHERE relname = 'notes'", "rls"),
+        "t",
+      );
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

@@ -101,7 +101,9 @@ export class PgTarget {
       onnotice: () => {},
       onclose,
       // Text COPY output depends on these: pin them so data reads back the same anywhere.
-      // A long backup transaction must not be ended by a server-side idle timeout.
+      // A long backup transaction must not be ended by a server-side idle timeout. With
+      // row_security off, a query that a row-level security policy would filter fails (as in
+      // pg_dump and pg_restore) instead of silently reading or guarding fewer rows.
       connection: {
         application_name: "dbbackup",
         DateStyle: "ISO",
@@ -109,6 +111,7 @@ export class PgTarget {
         extra_float_digits: 3,
         statement_timeout: 0,
         idle_in_transaction_session_timeout: 0,
+        row_security: "off",
       },
       // Not fetch_types: false: with it, sql.reserve() never resolves (postgres.js 3.4.9).
     });
@@ -185,8 +188,10 @@ export class PgTarget {
     if (s.sslrootcert) env.PGSSLROOTCERT = s.sslrootcert.value;
     // The password was looked up or typed once; children get it only here.
     if (this.#password) env.PGPASSWORD = this.#password.reveal();
-    // Make sure no password file is consulted behind our back.
-    env.PGPASSFILE = "/dev/null";
+    // Make sure no password file is consulted behind our back: a path under /dev/null can never
+    // exist (with /dev/null itself, libpq warns on stderr that it is "not a plain file", and
+    // that line ended up in every message about a failed child).
+    env.PGPASSFILE = "/dev/null/none";
     return env;
   }
 }

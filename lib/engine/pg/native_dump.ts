@@ -291,6 +291,7 @@ async function dumpChunks(
     const child = spawnPsql(o.psql, o.target, o.database, [
       "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
       `SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`,
+      ...(counted ? [] : ["\\set QUIET off"]),
       copy,
       "COMMIT",
     ], {

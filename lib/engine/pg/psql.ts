@@ -8,12 +8,12 @@ import type { PgTool } from "./tools.ts";
 
 /**
  * The session settings COPY text output depends on, pinned as for postgres.js connections
- * (connect.ts), so data reads back the same anywhere; and no server-side timeout may end a
- * long COPY.
+ * (connect.ts), so data reads back the same anywhere; no server-side timeout may end a long
+ * COPY; and row-level security makes a COPY fail rather than leave out rows (as pg_dump does).
  */
 const SESSION_ENV: Record<string, string> = {
   PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
-    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0",
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c row_security=off",
   PGCLIENTENCODING: "UTF8",
 };
 
@@ -24,8 +24,10 @@ export interface PsqlOptions {
   /** "piped" when a command writes COPY data to stdout. */
   stdout?: "piped" | "null";
   /**
-   * Not quiet: command statuses ("COPY n" of a `\copy ... to pstdout`) are printed, to stderr
-   * (--output), so stdout carries nothing but the data.
+   * Command statuses go to stderr (--output), so stdout carries nothing but the data. psql
+   * runs quietly all the same: a `\set QUIET off` command before the one whose status is wanted
+   * ("COPY n" of a `\copy ... to pstdout`) prints it, and a failure's message is not buried in
+   * the statuses of the commands before it.
    */
   statusToStderr?: boolean;
   signal?: AbortSignal;
@@ -69,7 +71,8 @@ function start(
 ): ChildHandle {
   return spawn(tool.path, [
     "--no-psqlrc",
-    ...(options.statusToStderr ? ["--output=/dev/stderr"] : ["--quiet"]),
+    "--quiet",
+    ...(options.statusToStderr ? ["--output=/dev/stderr"] : []),
     "--no-password",
     "--set",
     "ON_ERROR_STOP=1",
