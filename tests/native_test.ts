@@ -501,6 +501,39 @@ Deno.test("a native backup that row-level security would filter fails instead of
   });
 });
 
+Deno.test("a row the target rejects after its chunk was sent fails the restore, without hanging", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // The check reads a setting the target has and the source has not: there, only the very
+      // last row breaks it, so the server rejects it after the whole chunk has been sent.
+      await a.createDatabase("late");
+      await a.psql(
+        `CREATE FUNCTION below_limit(v int) RETURNS boolean LANGUAGE sql AS
+           $$ SELECT CASE WHEN coalesce(current_setting('dbbackup_test.max_v', true), '') = ''
+                          THEN true ELSE v <= current_setting('dbbackup_test.max_v')::int END $$;
+         CREATE TABLE readings (id int PRIMARY KEY, v int CHECK (public.below_limit(v)), pad text);
+         INSERT INTO readings SELECT g, CASE WHEN g = 20000 THEN 1000 ELSE 1 END, md5(g::text)
+           FROM generate_series(1, 20000) g;`,
+        { db: "late" },
+      );
+      const backup = await cli(nativeBackupArgs(repo, "late", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      await b.psql("ALTER ROLE postgres SET dbbackup_test.max_v = '100'");
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 1, res.stderr);
+      assert.match(res.stderr, /chunk db-001-t\d{5}-c\d{4}\.copy\.zst of table public\.readings/);
+      assert.match(res.stderr, /violates check constraint/);
+      assert.equal(await databaseExists(b, "late"), false, "the new database is dropped");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

@@ -16,6 +16,7 @@ import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "./connect.ts";
 import { spawnPsqlScript } from "./psql.ts";
 import { feedChild } from "../../process/run.ts";
+import type postgres from "postgres";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
@@ -157,6 +158,47 @@ function concatStreams(parts: readonly Part[]): ReadableStream<Uint8Array> {
   }, { highWaterMark: 0 });
 }
 
+/**
+ * Runs `statement` (a COPY ... FROM STDIN) on `tx` and sends it `data`; resolves when the server
+ * has taken every row. postgres.js (3.4.9) resolves a COPY's query as soon as the server is ready
+ * for data, and a failure reported after the last piece was sent (the server still parsing what
+ * its socket held: a row it rejects, a constraint, a full disk, a cancel) only rejects that
+ * settled query, so the copy would wait for its end forever (the connection idle in an aborted
+ * transaction). The query's rejection is therefore watched as well, and ends the copy with the
+ * server's error.
+ */
+async function copyIn(
+  tx: postgres.TransactionSql,
+  statement: string,
+  data: ReadableStream<Uint8Array>,
+): Promise<void> {
+  const query = tx.unsafe(statement);
+  const settle = query as unknown as { reject?: (err: unknown) => void };
+  const reject = settle.reject;
+  if (typeof reject !== "function") {
+    // Not the postgres.js this was written against: fail rather than risk a silent hang.
+    throw new DbBackupError("process", "postgres.js exposes no COPY failure to watch");
+  }
+  const failed = new Promise<never>((_, fail) => {
+    settle.reject = (err) => {
+      fail(err);
+      reject.call(query, err);
+    };
+  });
+  failed.catch(() => {});
+  const copy = await query.writable();
+  const piped = pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
+  try {
+    await Promise.race([piped, failed]);
+  } catch (err) {
+    // The server has left COPY mode: it ignores the CopyFail this sends. The source stream is
+    // cancelled and the pipeline settles before the error goes on.
+    copy.destroy(err instanceof Error ? err : new Error(String(err)));
+    await piped.catch(() => {});
+    throw err;
+  }
+}
+
 export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<void> {
   const layout = o.record.native;
   if (!layout) {
@@ -287,9 +329,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
           loading = c.path;
           let data = await o.repo.openFile(o.setId, file(c.path));
           if (signal) data = data.pipeThrough(new TransformStream(), { signal });
-          const copy = await tx.unsafe(`COPY ${copyTarget(table)} FROM STDIN (FREEZE)`)
-            .writable();
-          await pipeline(Readable.fromWeb(data as NodeReadableStream<Uint8Array>), copy);
+          await copyIn(tx, `COPY ${copyTarget(table)} FROM STDIN (FREEZE)`, data);
           loading = undefined;
         }
       });
