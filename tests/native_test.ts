@@ -534,6 +534,57 @@ Deno.test("a row the target rejects after its chunk was sent fails the restore, 
   });
 });
 
+Deno.test("search_path and xmloption set for a role or database do not change what a native set holds", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // The source database's search_path finds s.t by its bare name; the target's finds
+      // public.t by the same name, and the target's role reads XML as whole documents only.
+      await a.createDatabase("paths");
+      await a.psql("ALTER DATABASE paths SET search_path = s, public");
+      await a.psql(
+        `CREATE SCHEMA s;
+         CREATE TABLE s.t (x int);
+         CREATE TABLE public.t (x int);
+         CREATE TYPE s.mood AS ENUM ('calm');
+         CREATE TABLE s.refs (id int PRIMARY KEY, r regclass, ty regtype, doc xml, pad text);
+         INSERT INTO s.refs SELECT g, 's.t', 's.mood', xmlparse(content 'note <b/> ' || g),
+                                   md5(g::text)
+           FROM generate_series(1, 20000) g;`,
+        { db: "paths" },
+      );
+      const backup = await cli(nativeBackupArgs(repo, "paths", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      assert.ok(
+        (await readManifest(repo, id)).databases[0].native.tables.some((t) => t.name === "refs"),
+        "refs is copied natively",
+      );
+      await b.psql("ALTER ROLE postgres SET search_path = public");
+      await b.psql("ALTER ROLE postgres SET xmloption = document");
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      const named = `SELECT string_agg(DISTINCT n.nspname || '.' || c.relname, ',')
+                       FROM s.refs JOIN pg_class c ON c.oid = r
+                       JOIN pg_namespace n ON n.oid = c.relnamespace`;
+      assert.equal(await q(b, named, "paths"), "s.t");
+      // Compared with the source's settings on both sides (a single restore leaves the
+      // database's settings behind, and a role's override them).
+      await b.psql("ALTER ROLE postgres RESET ALL");
+      await b.psql("ALTER DATABASE paths SET search_path = s, public");
+      assertSameSnapshot(
+        await snapshotDatabase(b, "paths"),
+        await snapshotDatabase(a, "paths"),
+        "paths after restore",
+      );
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

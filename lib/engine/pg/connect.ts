@@ -109,7 +109,11 @@ export class PgTarget {
         DateStyle: "ISO",
         IntervalStyle: "postgres",
         extra_float_digits: 3,
+        // XML values are read as pg_dump's scripts read them (a role's `xmloption = document`
+        // rejected the fragments a table held).
+        xmloption: "content",
         statement_timeout: 0,
+        lock_timeout: 0,
         idle_in_transaction_session_timeout: 0,
         row_security: "off",
       },

@@ -7,13 +7,18 @@ import { dbnameConninfo, type PgTarget } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
 
 /**
- * The session settings COPY text output depends on, pinned as for postgres.js connections
- * (connect.ts), so data reads back the same anywhere; no server-side timeout may end a long
- * COPY; and row-level security makes a COPY fail rather than leave out rows (as pg_dump does).
+ * The session settings COPY text depends on, pinned as for postgres.js connections (connect.ts)
+ * and as pg_dump pins them, so data reads back the same anywhere: dates, intervals, floats,
+ * XML input, and an empty search_path, so that regclass, regtype and other reg* values name
+ * their schema (with the search_path a role or database sets, `s.t` was written as `t` and
+ * read back as whatever `t` the target's search_path finds). No server-side timeout may end a
+ * long COPY or the wait for a lock; and row-level security makes a COPY fail rather than leave
+ * out rows.
  */
 const SESSION_ENV: Record<string, string> = {
   PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
-    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c row_security=off",
+    "-c xmloption=content -c search_path= -c statement_timeout=0 -c lock_timeout=0 " +
+    "-c idle_in_transaction_session_timeout=0 -c row_security=off",
   PGCLIENTENCODING: "UTF8",
 };
 
