@@ -15,10 +15,15 @@ export interface DataTable {
   bytes: number;
   /** Heap pages, the unit of chunk ranges. */
   pages: number;
+  /** The table's oid and its file as the snapshot sees them (see `changedSinceSnapshot`). */
+  oid: number;
+  filenode: number;
 }
 
 export interface DataTables {
   tables: DataTable[];
+  /** The database's encoding (server_encoding), e.g. "UTF8". */
+  encoding: string;
   /** Relations whose data is not dumped natively, with why. */
   skipped: { table: string; reason: string }[];
 }
@@ -40,6 +45,9 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
     bytes: string;
     heap: string;
     block_size: number;
+    oid: string;
+    filenode: string;
+    encoding: string;
   }[]>(`
     SELECT n.nspname AS schema, c.relname AS name,
            quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
@@ -52,7 +60,9 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
                     AND a.attgenerated = '' ORDER BY a.attnum) AS types,
            CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE 0 END::text AS bytes,
            CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::text AS heap,
-           current_setting('block_size')::int AS block_size
+           current_setting('block_size')::int AS block_size,
+           c.oid::text AS oid, c.relfilenode::text AS filenode,
+           current_setting('server_encoding') AS encoding
       FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'f')
@@ -80,9 +90,39 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
       types: r.types,
       bytes,
       pages: Math.ceil(heap / r.block_size),
+      oid: Number(r.oid),
+      filenode: Number(r.filenode),
     });
   }
-  return { tables, skipped };
+  const encoding = rows[0]?.encoding ?? (await sql.unsafe<{ encoding: string }[]>(
+    "SELECT current_setting('server_encoding') AS encoding",
+  ))[0].encoding;
+  return { tables, skipped, encoding };
+}
+
+/**
+ * The tables (of `tables`, listed in this transaction's snapshot) that another session truncated,
+ * rewrote (ALTER TABLE, VACUUM FULL, CLUSTER) or dropped and created again after the snapshot was
+ * taken and before their locks were granted. Neither TRUNCATE nor a rewrite is MVCC-safe: the
+ * snapshot would read the new, empty or newer file and find no rows at all. Call it once every
+ * table is locked: the catalog functions below see the committed state, the SELECT the snapshot's.
+ */
+export async function changedSinceSnapshot(
+  sql: Sql,
+  tables: readonly DataTable[],
+): Promise<string[]> {
+  if (tables.length === 0) return [];
+  const rows = await sql.unsafe<{ qualified: string }[]>(
+    `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.oid = ANY($1::oid[])
+        AND (to_regclass(quote_ident(n.nspname) || '.' || quote_ident(c.relname))
+               IS DISTINCT FROM c.oid
+             OR pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode)
+      ORDER BY 1`,
+    [`{${tables.map((t) => t.oid).join(",")}}`],
+  );
+  return rows.map((r) => r.qualified);
 }
 
 /** sha256 of the table definitions: a resumed backup must find the same ones. */

@@ -15,6 +15,7 @@ import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
 import { spawnPsql } from "./psql.ts";
 import {
+  changedSinceSnapshot,
   type DataTable,
   exactTablePattern,
   listDataTables,
@@ -101,7 +102,17 @@ export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDu
       const snapshot = { id: snapshotId, takenAt: new Date().toISOString() };
       const listing = await listDataTables(leader);
       await lockTables(leader, listing.tables);
-      const plan = await loadOrMakePlan(o, listing.tables, listing.skipped);
+      const changed = await changedSinceSnapshot(leader, listing.tables);
+      if (changed.length > 0) {
+        throw new DbBackupError(
+          "backup_failed",
+          `table(s) ${changed.join(", ")} of "${o.database}" were truncated, rewritten or ` +
+            "replaced by another session just after the backup's snapshot was taken (TRUNCATE, " +
+            "ALTER TABLE, VACUUM FULL, CLUSTER or DROP and CREATE): in that snapshot they would " +
+            "read as empty, so nothing was dumped; run the backup again",
+        );
+      }
+      const plan = await loadOrMakePlan(o, listing.tables, listing.skipped, listing.encoding);
       const states = o.resume ? await o.set.readStates(`${o.prefix}.`) : new Map();
       const progress = new ByteProgress(o.reporter, o.part);
 
@@ -147,6 +158,7 @@ async function loadOrMakePlan(
   o: NativeDumpOptions,
   tables: DataTable[],
   skipped: PlanState["skipped"],
+  encoding: string,
 ): Promise<PlanState> {
   const fingerprint = tablesFingerprint(tables);
   const planName = `${o.prefix}.plan`;
@@ -173,7 +185,13 @@ async function loadOrMakePlan(
   // Small tables stay in pg_dump's archive (same snapshot): a connection per table would cost
   // more than their rows.
   const small = Math.min(o.chunkBytes, SMALL_TABLE_BYTES);
-  const native = tables.filter((t) => t.bytes >= small);
+  // pg_dump reads its --exclude-table-data patterns in the database's encoding, and arguments
+  // can only be passed as UTF-8: in a database of another encoding, the pattern of a name with
+  // a non-ASCII character matches nothing, and that table's rows would be in the archive as well
+  // as in its chunks (restored twice). Such tables stay in the archive.
+  const patternsMatch = (t: DataTable) =>
+    encoding === "UTF8" || /^[\x00-\x7f]*$/.test(t.schema + t.name);
+  const native = tables.filter((t) => t.bytes >= small && patternsMatch(t));
   const plan: PlanState = {
     database: o.database,
     fingerprint,
