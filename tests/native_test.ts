@@ -534,7 +534,7 @@ Deno.test("a row the target rejects after its chunk was sent fails the restore, 
   });
 });
 
-Deno.test("search_path and xmloption set for a role or database do not change what a native set holds", async () => {
+Deno.test("reg* values and XML restore exactly, whatever search_path and xmloption a role or database sets", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();
     try {
@@ -542,8 +542,14 @@ Deno.test("search_path and xmloption set for a role or database do not change wh
       // public.t by the same name, and the target's role reads XML as whole documents only.
       await a.createDatabase("paths");
       await a.psql("ALTER DATABASE paths SET search_path = s, public");
+      // Schema a's 300 tables come before s.t in pre-data: refs (big) is loaded beside the
+      // rest of pre-data, but its values name s.t and s.mood, which must exist by then.
       await a.psql(
-        `CREATE SCHEMA s;
+        `CREATE SCHEMA a;
+         DO $$ BEGIN
+           FOR i IN 1..300 LOOP EXECUTE format('CREATE TABLE a.pad_%s (id int)', i); END LOOP;
+         END $$;
+         CREATE SCHEMA s;
          CREATE TABLE s.t (x int);
          CREATE TABLE public.t (x int);
          CREATE TYPE s.mood AS ENUM ('calm');
@@ -580,6 +586,89 @@ Deno.test("search_path and xmloption set for a role or database do not change wh
         "paths after restore",
       );
     } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+Deno.test("in a LATIN1 database, a big table with a non-ASCII name is backed up once and restores identically", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await a.psql(
+        "CREATE DATABASE lat TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'",
+      );
+      await a.psql(
+        `CREATE TABLE "café" (id int, t text);
+         INSERT INTO "café" SELECT g, 'é ß ü ' || g || repeat('x', 50)
+           FROM generate_series(1, 20000) g;
+         CREATE TABLE plain (id int, t text);
+         INSERT INTO plain SELECT g, 'ñ ' || md5(g::text) FROM generate_series(1, 20000) g;`,
+        { db: "lat" },
+      );
+      const before = await snapshotDatabase(a, "lat");
+      const backup = await cli(nativeBackupArgs(repo, "lat", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      const native = (await readManifest(repo, id)).databases[0].native.tables.map((t) => t.name);
+      assert.deepEqual(native, ["plain"], "café stays in pg_dump's archive, plain is split");
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assert.equal(await q(b, `SELECT count(*) FROM "café"`, "lat"), "20000");
+      assertSameSnapshot(await snapshotDatabase(b, "lat"), before, "lat after restore");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
+Deno.test("a table rewritten between the backup's snapshot and its lock fails the backup instead of reading as empty", async () => {
+  await withPg(async (pg) => {
+    const repo = await tempRepo();
+    const sql = postgres({
+      host: pg.socketDir,
+      port: pg.port,
+      user: "postgres",
+      database: "race",
+      max: 2,
+      onnotice: () => {},
+    });
+    try {
+      await pg.createDatabase("race");
+      await pg.psql(
+        `CREATE TABLE acct (id int PRIMARY KEY, balance bigint, pad text);
+         INSERT INTO acct SELECT g, 1000, md5(g::text) FROM generate_series(1, 20000) g;`,
+        { db: "race" },
+      );
+      // A reader holds the table; a rewriting ALTER waits for it; the backup takes its
+      // snapshot, then waits for its lock behind the ALTER, which commits first.
+      const reader = await sql.reserve();
+      await reader.unsafe("BEGIN");
+      await reader.unsafe("LOCK TABLE acct IN ACCESS SHARE MODE");
+      const alter = sql.unsafe("ALTER TABLE acct ADD COLUMN r float DEFAULT random()");
+      alter.catch(() => {});
+      await waitFor(
+        "the ALTER to wait for its lock",
+        async () => await q(pg, "SELECT count(*) FROM pg_locks WHERE NOT granted", "race") === "1",
+      );
+      const backup = cli(nativeBackupArgs(repo, "race", "256k"), { env: pgEnv(pg) });
+      await waitFor(
+        "the backup to wait for its lock",
+        async () => await q(pg, "SELECT count(*) FROM pg_locks WHERE NOT granted", "race") === "2",
+      );
+      await reader.unsafe("COMMIT");
+      reader.release();
+      await alter;
+      const res = await backup;
+      assert.equal(res.code, 1, res.stderr);
+      assert.match(res.stderr, /public\.acct .*truncated, rewritten or replaced/);
+      for (const id of await setDirs(repo)) {
+        assert.notEqual((await readManifest(repo, id).catch(() => undefined))?.status, "complete");
+      }
+    } finally {
+      await sql.end();
       await Deno.remove(repo, { recursive: true });
     }
   });

@@ -199,6 +199,43 @@ async function copyIn(
   }
 }
 
+/**
+ * Whether a column of `tables` holds values of a type whose input looks up catalog objects by
+ * name (regclass, regtype, regproc and the other reg* types), also inside a domain, an array, a
+ * composite type or a range.
+ */
+async function namesCatalogObjects(
+  sql: postgres.Sql,
+  tables: readonly TableRecord[],
+): Promise<boolean> {
+  const [{ uses }] = await sql.unsafe<{ uses: boolean }[]>(
+    `WITH RECURSIVE used(oid) AS (
+       SELECT a.atttypid FROM pg_catalog.pg_attribute a
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE (n.nspname, c.relname) IN
+                (SELECT x ->> 0, x ->> 1 FROM jsonb_array_elements($1::text::jsonb) x)
+          AND a.attnum > 0 AND NOT a.attisdropped
+       UNION
+       SELECT inner_type.oid FROM used JOIN pg_catalog.pg_type t ON t.oid = used.oid,
+         LATERAL (SELECT t.typbasetype UNION ALL SELECT t.typelem
+                  UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = t.typrelid AND a.attnum > 0
+                               AND NOT a.attisdropped
+                  UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r
+                             WHERE r.rngtypid = t.oid) inner_type(oid)
+        WHERE inner_type.oid <> 0)
+     SELECT EXISTS (SELECT FROM used JOIN pg_catalog.pg_type t ON t.oid = used.oid
+                     WHERE t.typnamespace = 'pg_catalog'::regnamespace
+                       AND t.typname IN ('regclass', 'regcollation', 'regconfig',
+                                         'regdictionary', 'regnamespace', 'regoper',
+                                         'regoperator', 'regproc', 'regprocedure', 'regrole',
+                                         'regtype')) AS uses`,
+    [JSON.stringify(tables.map((t) => [t.schema, t.name]))],
+  );
+  return uses;
+}
+
 export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<void> {
   const layout = o.record.native;
   if (!layout) {
@@ -312,6 +349,16 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // mid-transaction, as before, once let a CONNECTION_DESTROYED rejection escape postgres.js
   // where nothing could catch it: a test run failed with it as an uncaught error.)
   const pool = o.target.connect(o.database, Math.max(1, o.jobs));
+  // A value of a reg* type (regclass, regtype, ...) names another object, which has to exist
+  // when the row is read: big tables holding such values wait for all of pre-data.
+  if (big.length > 0 && second.length > 0 && await namesCatalogObjects(pool, big)) {
+    try {
+      await restOfPreData;
+    } catch (err) {
+      await pool.end({ timeout: 5 }).catch(() => {});
+      throw err;
+    }
+  }
   const loadTable = async (table: TableRecord) => {
     const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
     const tag = `$g${crypto.randomUUID().replaceAll("-", "")}$`;
