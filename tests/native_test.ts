@@ -624,6 +624,39 @@ Deno.test("in a LATIN1 database, a big table with a non-ASCII name is backed up 
   });
 });
 
+Deno.test("an EUC_JP database's text round trips byte for byte (no conversion to UTF-8 and back)", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await a.psql(
+        "CREATE DATABASE ej TEMPLATE template0 ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C'",
+      );
+      // 0xADF0 (NEC row 13) comes back from UTF-8 as 0xA2E2.
+      await a.psql(
+        `CREATE TABLE jp AS SELECT g AS id,
+                convert_from('\\xadf0a4a2'::bytea, 'EUC_JP') || g || repeat('w', 50) AS t
+           FROM generate_series(1, 20000) g;`,
+        { db: "ej" },
+      );
+      const bytes =
+        "SELECT md5(string_agg(convert_to(t, 'EUC_JP')::text, ',' ORDER BY id)) FROM jp";
+      const source = await q(a, bytes, "ej");
+      const backup = await cli(nativeBackupArgs(repo, "ej", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      const manifest = await readManifest(repo, id);
+      assert.ok(manifest.databases[0].native.tables.some((t) => t.name === "jp"));
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assert.equal(await q(b, bytes, "ej"), source);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a table rewritten between the backup's snapshot and its lock fails the backup instead of reading as empty", async () => {
   await withPg(async (pg) => {
     const repo = await tempRepo();

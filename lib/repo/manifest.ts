@@ -93,6 +93,16 @@ export interface NativeLayout {
   skipped: { table: string; reason: string }[];
   /** sha256 of the table definitions the plan was made for. */
   fingerprint: string;
+  /**
+   * The encoding of the chunks' COPY text: the database's own, so no character goes through a
+   * conversion on its way out and back (sets written before this field are UTF8).
+   */
+  encoding?: string;
+}
+
+/** The encoding of a native layout's chunks (see NativeLayout.encoding). */
+export function chunkEncoding(layout: NativeLayout): string {
+  return layout.encoding ?? "UTF8";
 }
 
 export interface GlobalsRecord {

@@ -68,6 +68,8 @@ interface PlanState {
   fingerprint: string;
   tables: (Omit<TableRecord, "chunks"> & { ranges: PageRange[] })[];
   skipped: { table: string; reason: string }[];
+  /** The encoding the chunks are written in (absent in plans of older versions: UTF8). */
+  encoding?: string;
 }
 
 /** What a published file looked like, with the snapshot its data came from. */
@@ -190,12 +192,13 @@ async function loadOrMakePlan(
   // a non-ASCII character matches nothing, and that table's rows would be in the archive as well
   // as in its chunks (restored twice). Such tables stay in the archive.
   const patternsMatch = (t: DataTable) =>
-    encoding === "UTF8" || /^[\x00-\x7f]*$/.test(t.schema + t.name);
+    encoding === "UTF8" || [...t.schema + t.name].every((ch) => ch.charCodeAt(0) < 0x80);
   const native = tables.filter((t) => t.bytes >= small && patternsMatch(t));
   const plan: PlanState = {
     database: o.database,
     fingerprint,
     skipped,
+    encoding,
     tables: native.map((t) => ({
       schema: t.schema,
       name: t.name,
@@ -301,11 +304,14 @@ async function dumpChunks(
     // stderr) where counting the newlines here cost a CPU-second per 2 GB. \copy takes one
     // line: a name with a line break in it is copied the plain way and its rows counted here.
     const counted = /[\r\n]/.test(select);
+    // In the database's own encoding: a conversion to UTF-8 and back is not lossless for every
+    // character (EUC_JP's NEC row 13, for one, came back as other codes).
+    const encoding = `(ENCODING ${quoteLiteral(plan.encoding ?? "UTF8")})`;
     const copy = counted
       ? whole
-        ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT`
-        : `COPY (${select}) TO STDOUT`
-      : `\\copy (${select}) to pstdout`;
+        ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT ${encoding}`
+        : `COPY (${select}) TO STDOUT ${encoding}`
+      : `\\copy (${select}) to pstdout with ${encoding}`;
     const child = spawnPsql(o.psql, o.target, o.database, [
       "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
       `SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`,
@@ -415,6 +421,7 @@ function assemble(
       tables,
       skipped: plan.skipped,
       fingerprint: plan.fingerprint,
+      encoding: plan.encoding ?? "UTF8",
     },
     reused,
   };

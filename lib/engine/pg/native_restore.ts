@@ -8,7 +8,12 @@
  * partition index attachments) with `jobs` pg_restore workers. Every chunk is checked against
  * its checksums as it streams; a mismatch stops the restore and names the chunk.
  */
-import type { DatabaseRecord, FileRecord, TableRecord } from "../../repo/manifest.ts";
+import {
+  chunkEncoding,
+  type DatabaseRecord,
+  type FileRecord,
+  type TableRecord,
+} from "../../repo/manifest.ts";
 import type { Repository } from "../../repo/repository.ts";
 import { stopOnFailure } from "../../abort.ts";
 import { DbBackupError } from "../../errors.ts";
@@ -130,7 +135,11 @@ function chunkCopies(
   table: TableRecord,
 ): Part[] {
   return table.chunks.flatMap((c) => [
-    sql(`COPY ${copyTarget(table)} FROM stdin;\n`),
+    sql(
+      `COPY ${copyTarget(table)} FROM stdin (ENCODING ${
+        quoteLiteral(chunkEncoding(o.record.native!))
+      });\n`,
+    ),
     () => o.repo.openFile(o.setId, file(c.path)),
     () => Promise.resolve(ReadableStream.from([END_OF_COPY])),
   ]);
@@ -376,7 +385,13 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
           loading = c.path;
           let data = await o.repo.openFile(o.setId, file(c.path));
           if (signal) data = data.pipeThrough(new TransformStream(), { signal });
-          await copyIn(tx, `COPY ${copyTarget(table)} FROM STDIN (FREEZE)`, data);
+          await copyIn(
+            tx,
+            `COPY ${copyTarget(table)} FROM STDIN (FREEZE, ENCODING ${
+              quoteLiteral(chunkEncoding(layout))
+            })`,
+            data,
+          );
           loading = undefined;
         }
       });
