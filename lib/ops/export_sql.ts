@@ -5,9 +5,9 @@
  */
 import { DbBackupError } from "../errors.ts";
 import { feedChild, spawn } from "../process/run.ts";
-import { quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
+import { copyFromStdin } from "../engine/pg/native_restore.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
-import { chunkEncoding, type DatabaseRecord, type FileRecord } from "../repo/manifest.ts";
+import type { DatabaseRecord, FileRecord } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 import { withSharedLock } from "../repo/lock.ts";
 
@@ -89,14 +89,10 @@ async function exportNative(
 ): Promise<void> {
   const layout = db.native!;
   const schema = fileOf(db, layout.schemaPath);
-  const encoding = quoteLiteral(chunkEncoding(layout));
   await archiveToSql(opts, setId, schema, pgRestore, writer, "pre-data");
   for (const t of layout.tables) {
-    const qualified = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-    const cols = t.columns.length ? ` (${t.columns.join(", ")})` : "";
     for (const c of t.chunks) {
-      // The chunks' own encoding, whatever client_encoding the script set before.
-      await text(`\nCOPY ${qualified}${cols} FROM stdin (ENCODING ${encoding});\n`);
+      await text(`\n${copyFromStdin(t, layout)};\n`);
       const data = await opts.repo.openFile(setId, fileOf(db, c.path));
       for await (const chunk of data) await writer.write(chunk);
       await text("\\.\n");

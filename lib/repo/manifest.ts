@@ -100,8 +100,8 @@ export interface NativeLayout {
   encoding?: string;
 }
 
-/** The encoding of a native layout's chunks (see NativeLayout.encoding). */
-export function chunkEncoding(layout: NativeLayout): string {
+/** The encoding of a native layout's chunks, or a plan's (see NativeLayout.encoding). */
+export function chunkEncoding(layout: { encoding?: string }): string {
   return layout.encoding ?? "UTF8";
 }
 

@@ -47,7 +47,6 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
     block_size: number;
     oid: string;
     filenode: string;
-    encoding: string;
   }[]>(`
     SELECT n.nspname AS schema, c.relname AS name,
            quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
@@ -61,8 +60,7 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
            CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE 0 END::text AS bytes,
            CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::text AS heap,
            current_setting('block_size')::int AS block_size,
-           c.oid::text AS oid, c.relfilenode::text AS filenode,
-           current_setting('server_encoding') AS encoding
+           c.oid::text AS oid, c.relfilenode::text AS filenode
       FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'f')
@@ -94,9 +92,9 @@ export async function listDataTables(sql: Sql): Promise<DataTables> {
       filenode: Number(r.filenode),
     });
   }
-  const encoding = rows[0]?.encoding ?? (await sql.unsafe<{ encoding: string }[]>(
+  const [{ encoding }] = await sql.unsafe<{ encoding: string }[]>(
     "SELECT current_setting('server_encoding') AS encoding",
-  ))[0].encoding;
+  );
   return { tables, skipped, encoding };
 }
 

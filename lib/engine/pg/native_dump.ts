@@ -8,7 +8,12 @@
  */
 import { DbBackupError, errorMessage, InterruptedError } from "../../errors.ts";
 import type { Compression } from "../../pipeline/compress.ts";
-import type { FileRecord, NativeLayout, TableRecord } from "../../repo/manifest.ts";
+import {
+  chunkEncoding,
+  type FileRecord,
+  type NativeLayout,
+  type TableRecord,
+} from "../../repo/manifest.ts";
 import type { SetWriter } from "../../repo/repository.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
 import type { Reporter } from "../../ops/progress.ts";
@@ -306,7 +311,7 @@ async function dumpChunks(
     const counted = /[\r\n]/.test(select);
     // In the database's own encoding: a conversion to UTF-8 and back is not lossless for every
     // character (EUC_JP's NEC row 13, for one, came back as other codes).
-    const encoding = `(ENCODING ${quoteLiteral(plan.encoding ?? "UTF8")})`;
+    const encoding = `(ENCODING ${quoteLiteral(chunkEncoding(plan))})`;
     const copy = counted
       ? whole
         ? `COPY ${qualified}${cols ? ` (${cols})` : ""} TO STDOUT ${encoding}`
@@ -421,7 +426,7 @@ function assemble(
       tables,
       skipped: plan.skipped,
       fingerprint: plan.fingerprint,
-      encoding: plan.encoding ?? "UTF8",
+      encoding: chunkEncoding(plan),
     },
     reused,
   };

@@ -12,6 +12,7 @@ import {
   chunkEncoding,
   type DatabaseRecord,
   type FileRecord,
+  type NativeLayout,
   type TableRecord,
 } from "../../repo/manifest.ts";
 import type { Repository } from "../../repo/repository.ts";
@@ -122,10 +123,19 @@ function sql(text: string): Part {
   return () => Promise.resolve(ReadableStream.from([new TextEncoder().encode(text)]));
 }
 
-/** The table and column list a COPY of `table`'s chunks names. */
-function copyTarget(table: TableRecord): string {
+/**
+ * The COPY ... FROM STDIN that loads one of `table`'s chunks: its columns, in the chunks' own
+ * encoding (whatever client_encoding the session or script has), with FREEZE where asked.
+ */
+export function copyFromStdin(
+  table: TableRecord,
+  layout: NativeLayout,
+  options: { freeze?: boolean } = {},
+): string {
   const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
-  return table.columns.length ? `${qualified} (${table.columns.join(", ")})` : qualified;
+  const columns = table.columns.length ? ` (${table.columns.join(", ")})` : "";
+  const encoding = `ENCODING ${quoteLiteral(chunkEncoding(layout))}`;
+  return `COPY ${qualified}${columns} FROM STDIN (${options.freeze ? "FREEZE, " : ""}${encoding})`;
 }
 
 /** One COPY ... FROM stdin per chunk of `table`, each with its verified data inline. */
@@ -135,11 +145,7 @@ function chunkCopies(
   table: TableRecord,
 ): Part[] {
   return table.chunks.flatMap((c) => [
-    sql(
-      `COPY ${copyTarget(table)} FROM stdin (ENCODING ${
-        quoteLiteral(chunkEncoding(o.record.native!))
-      });\n`,
-    ),
+    sql(`${copyFromStdin(table, o.record.native!)};\n`),
     () => o.repo.openFile(o.setId, file(c.path)),
     () => Promise.resolve(ReadableStream.from([END_OF_COPY])),
   ]);
@@ -328,11 +334,16 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     await section("pre-data", 1);
   } else {
     await section("pre-data", 1, { ids: first, what: "pre-data of the big tables" });
-    const rest = { ids: second, what: "the rest of pre-data" };
-    ({ task: restOfPreData, signal } = stopOnFailure(
-      section("pre-data", 1, rest, false),
-      o.signal,
-    ));
+    const rest = () => section("pre-data", 1, { ids: second, what: "the rest of pre-data" }, false);
+    // A value of a reg* type (regclass, regtype, ...) names another object, which has to exist
+    // when the row is read: big tables holding such values wait for all of pre-data.
+    const waitForAll = await o.target.withSql(
+      o.database,
+      describe("reading the column types"),
+      (sql) => namesCatalogObjects(sql, big),
+    );
+    if (waitForAll) await rest();
+    else ({ task: restOfPreData, signal } = stopOnFailure(rest(), o.signal));
   }
 
   o.reporter.event({
@@ -358,16 +369,6 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   // mid-transaction, as before, once let a CONNECTION_DESTROYED rejection escape postgres.js
   // where nothing could catch it: a test run failed with it as an uncaught error.)
   const pool = o.target.connect(o.database, Math.max(1, o.jobs));
-  // A value of a reg* type (regclass, regtype, ...) names another object, which has to exist
-  // when the row is read: big tables holding such values wait for all of pre-data.
-  if (big.length > 0 && second.length > 0 && await namesCatalogObjects(pool, big)) {
-    try {
-      await restOfPreData;
-    } catch (err) {
-      await pool.end({ timeout: 5 }).catch(() => {});
-      throw err;
-    }
-  }
   const loadTable = async (table: TableRecord) => {
     const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
     const tag = `$g${crypto.randomUUID().replaceAll("-", "")}$`;
@@ -385,13 +386,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
           loading = c.path;
           let data = await o.repo.openFile(o.setId, file(c.path));
           if (signal) data = data.pipeThrough(new TransformStream(), { signal });
-          await copyIn(
-            tx,
-            `COPY ${copyTarget(table)} FROM STDIN (FREEZE, ENCODING ${
-              quoteLiteral(chunkEncoding(layout))
-            })`,
-            data,
-          );
+          await copyIn(tx, copyFromStdin(table, layout, { freeze: true }), data);
           loading = undefined;
         }
       });
