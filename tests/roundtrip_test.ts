@@ -4,7 +4,15 @@
  */
 import { strict as assert } from "node:assert";
 import { assertSameSnapshot, snapshotDatabase, snapshotGlobals } from "./helpers/compare.ts";
-import { dbbackup, loadAwkward, pgEnv, setDirs, summaryOf, tempRepo } from "./helpers/cli.ts";
+import {
+  dbbackup,
+  loadAwkward,
+  loadWide,
+  pgEnv,
+  setDirs,
+  summaryOf,
+  tempRepo,
+} from "./helpers/cli.ts";
 import { type PgServer, queryValue as q, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
@@ -356,3 +364,67 @@ Deno.test("backup cluster --include/--exclude select databases by glob", async (
     }
   });
 });
+
+for (const engine of ENGINES) {
+  Deno.test(`a database whose sessions default to read-only and end idle transactions backs up and restores (${engine})`, async () => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await loadWide(a, "ro", 3000);
+        await a.psql("ALTER DATABASE ro SET default_transaction_read_only = on");
+        // The native backup's leader idles in its transaction while the workers copy.
+        await a.psql("ALTER DATABASE ro SET idle_in_transaction_session_timeout = '20ms'");
+        const before = await snapshotDatabase(a, "ro");
+        const r = await dbbackup(
+          [
+            "--repo",
+            repo,
+            "-j",
+            "2",
+            "backup",
+            "cluster",
+            "--engine",
+            engine,
+            "--chunk-size",
+            "64k",
+          ],
+          { env: pgEnv(a) },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        const [id] = await setDirs(repo);
+
+        const cluster = await dbbackup(["--repo", repo, "-j", "2", "restore", "cluster", id], {
+          env: pgEnv(b),
+        });
+        assert.equal(cluster.code, 0, cluster.stderr);
+        assertSameSnapshot(await snapshotDatabase(b, "ro"), before, "database ro");
+        assert.equal(
+          await dbSettings(b, "ro"),
+          "default_transaction_read_only=on,idle_in_transaction_session_timeout=20ms",
+        );
+
+        const single = await dbbackup(
+          [
+            "--repo",
+            repo,
+            "-j",
+            "2",
+            "restore",
+            "single",
+            id,
+            "--database",
+            "ro",
+            "--target",
+            "ro2",
+            "--create",
+          ],
+          { env: pgEnv(b) },
+        );
+        assert.equal(single.code, 0, single.stderr);
+        assertSameSnapshot(await snapshotDatabase(b, "ro2"), before, "database ro2");
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

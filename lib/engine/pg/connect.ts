@@ -100,23 +100,10 @@ export class PgTarget {
       prepare: false,
       onnotice: () => {},
       onclose,
-      // Text COPY output depends on these: pin them so data reads back the same anywhere.
-      // A long backup transaction must not be ended by a server-side idle timeout. With
-      // row_security off, a query that a row-level security policy would filter fails (as in
-      // pg_dump and pg_restore) instead of silently reading or guarding fewer rows.
-      connection: {
-        application_name: "dbbackup",
-        DateStyle: "ISO",
-        IntervalStyle: "postgres",
-        extra_float_digits: 3,
-        // XML values are read as pg_dump's scripts read them (a role's `xmloption = document`
-        // rejected the fragments a table held).
-        xmloption: "content",
-        statement_timeout: 0,
-        lock_timeout: 0,
-        idle_in_transaction_session_timeout: 0,
-        row_security: "off",
-      },
+      // As strings: postgres.js leaves out of its startup message every parameter whose value is
+      // falsy, so statement_timeout: 0 or default_transaction_read_only: false never reached the
+      // server, and a role's or database's own setting held.
+      connection: { application_name: "dbbackup", ...SESSION_SETTINGS } as Record<string, string>,
       // Not fetch_types: false: with it, sql.reserve() never resolves (postgres.js 3.4.9).
     });
   }
@@ -196,8 +183,41 @@ export class PgTarget {
     // exist (with /dev/null itself, libpq warns on stderr that it is "not a plain file", and
     // that line ended up in every message about a failed child).
     env.PGPASSFILE = "/dev/null/none";
+    // pg_dump and pg_restore pin the rest themselves, but not this one (see SESSION_SETTINGS).
+    env.PGOPTIONS = pgOptions({ default_transaction_read_only: "off" });
     return env;
   }
+}
+
+/**
+ * The server settings every session of the native engine and every catalog query runs with,
+ * whatever a role or database sets (`ALTER ROLE/DATABASE ... SET`), as pg_dump and pg_restore pin
+ * them for their own sessions:
+ * - text COPY output depends on DateStyle, IntervalStyle and extra_float_digits, and XML input
+ *   on xmloption (a role's `xmloption = document` rejected the fragments a table held);
+ * - no server-side timeout may end a long COPY, the wait for a lock, or the leader's idle
+ *   transaction that holds the snapshot;
+ * - with row_security off, a query that a row-level security policy would filter fails instead
+ *   of silently reading or guarding fewer rows;
+ * - a database whose sessions default to read-only comes back with that setting before the rest
+ *   is restored, and every restore session after it failed with "cannot execute CREATE TABLE in
+ *   a read-only transaction".
+ */
+export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
+  DateStyle: "ISO",
+  IntervalStyle: "postgres",
+  extra_float_digits: "3",
+  xmloption: "content",
+  statement_timeout: "0",
+  lock_timeout: "0",
+  idle_in_transaction_session_timeout: "0",
+  row_security: "off",
+  default_transaction_read_only: "off",
+};
+
+/** `settings` as libpq's PGOPTIONS ("-c name=value ..."; no value here holds a space). */
+export function pgOptions(settings: Readonly<Record<string, string>>): string {
+  return Object.entries(settings).map(([k, v]) => `-c ${k}=${v}`).join(" ");
 }
 
 function sslOption(s: Settings): postgres.Options<Record<string, never>>["ssl"] {

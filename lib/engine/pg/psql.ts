@@ -3,22 +3,17 @@
  * COPY FROM. Connection settings and the password reach it through the environment only.
  */
 import { type ChildHandle, spawn } from "../../process/run.ts";
-import { dbnameConninfo, type PgTarget } from "./connect.ts";
+import { dbnameConninfo, pgOptions, type PgTarget, SESSION_SETTINGS } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
 
 /**
- * The session settings COPY text depends on, pinned as for postgres.js connections (connect.ts)
- * and as pg_dump pins them, so data reads back the same anywhere: dates, intervals, floats,
- * XML input, and an empty search_path, so that regclass, regtype and other reg* values name
- * their schema (with the search_path a role or database sets, `s.t` was written as `t` and
- * read back as whatever `t` the target's search_path finds). No server-side timeout may end a
- * long COPY or the wait for a lock; and row-level security makes a COPY fail rather than leave
- * out rows.
+ * The session settings of postgres.js connections (connect.ts SESSION_SETTINGS), and an empty
+ * search_path, so that regclass, regtype and other reg* values name their schema (with the
+ * search_path a role or database sets, `s.t` was written as `t` and read back as whatever `t`
+ * the target's search_path finds).
  */
 const SESSION_ENV: Record<string, string> = {
-  PGOPTIONS: "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 " +
-    "-c xmloption=content -c search_path= -c statement_timeout=0 -c lock_timeout=0 " +
-    "-c idle_in_transaction_session_timeout=0 -c row_security=off",
+  PGOPTIONS: pgOptions({ ...SESSION_SETTINGS, search_path: "" }),
   PGCLIENTENCODING: "UTF8",
 };
 
