@@ -466,6 +466,7 @@ Deno.test("a native backup that row-level security would filter fails instead of
       const filtered = await cli(args, { env: pgEnv(a, { PGUSER: "reader" }) });
       assert.notEqual(filtered.code, 0, "a backup of the rows reader happens to see must fail");
       assert.match(filtered.stderr, /row-level security/);
+      assert.doesNotMatch(filtered.stderr, /retrying/, "an SQL error is not retried");
       assert.match(filtered.stderr, /notes/);
       // The server's message, not buried in psql's statuses or libpq's warning about the
       // password file dbbackup points it at.

@@ -111,6 +111,19 @@ export async function probeLargeWrites(program: string, version: string): Promis
   return false;
 }
 
+/** A child that exited with a status not among its ok codes, or was killed by a signal. */
+export class ChildExitError extends DbBackupError {
+  /** The child's exit status (128 + the signal's number when killed). */
+  readonly status: number;
+  readonly signal: Deno.Signal | null;
+  constructor(message: string, status: number, signal: Deno.Signal | null) {
+    super("process", message);
+    this.name = "ChildExitError";
+    this.status = status;
+    this.signal = signal;
+  }
+}
+
 /** Starts `cmd` with `args`. The caller must consume `stdout` when it is piped. */
 export function spawn(cmd: string, args: readonly string[], options: SpawnOptions): ChildHandle {
   if (options.signal?.aborted) throw new InterruptedError(`interrupted before ${options.describe}`);
@@ -156,9 +169,10 @@ export function spawn(cmd: string, args: readonly string[], options: SpawnOption
       if (!st.success && !okCodes.includes(st.code)) {
         const how = st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`;
         const tail = stderr.trim();
-        throw new DbBackupError(
-          "process",
+        throw new ChildExitError(
           `${options.describe} failed: ${cmd} ${how}${tail ? `: ${lastLines(tail, 12)}` : ""}`,
+          st.code,
+          st.signal,
         );
       }
       return { code: st.code, stderr };

@@ -15,6 +15,7 @@ import {
   type TableRecord,
 } from "../../repo/manifest.ts";
 import type { SetWriter } from "../../repo/repository.ts";
+import { ChildExitError } from "../../process/run.ts";
 import { largestFirst, type PageRange, planPageRanges } from "../../plan/chunks.ts";
 import type { Reporter } from "../../ops/progress.ts";
 import { type PgTarget, quoteIdent, quoteLiteral, type Sql } from "./connect.ts";
@@ -366,7 +367,7 @@ async function dumpChunks(
         if (signal.aborted) return;
         // A chunk that failed (connection reset, backend killed) is tried again on a new
         // connection that imports the same snapshot, while the leader still holds it.
-        if (job.attempts < CHUNK_ATTEMPTS) {
+        if (job.attempts < CHUNK_ATTEMPTS && worthRetrying(err)) {
           o.reporter.event({
             type: "warning",
             message: `retrying chunk ${job.chunk + 1} of table ${plan.tables[job.table].schema}.${
@@ -385,6 +386,17 @@ async function dumpChunks(
   if (failure !== undefined) throw failure;
   if (signal.aborted) throw new InterruptedError(`interrupted while dumping "${o.database}"`);
   return { states: done, reused };
+}
+
+/**
+ * Whether a chunk that failed with `err` may succeed on a new connection: psql lost its
+ * connection (exit status 2: a reset, a terminated backend, a restarting server) or was killed,
+ * or the failure was not psql's. An error the server reported for the statements themselves
+ * (exit status 1: a permission, row-level security, a snapshot no longer there) would only come
+ * back, and the retries delayed the failure.
+ */
+function worthRetrying(err: unknown): boolean {
+  return !(err instanceof ChildExitError) || err.signal !== null || err.status === 2;
 }
 
 function assemble(
