@@ -625,6 +625,52 @@ Deno.test("in a LATIN1 database, a big table with a non-ASCII name is backed up 
   });
 });
 
+Deno.test("an SQL_ASCII database's bytes that are not UTF-8 round trip unchanged, through restore and export-sql", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      const create = "TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'";
+      await a.psql(`CREATE DATABASE sa ${create}`);
+      // SQL_ASCII stores bytes as they come: 0xff 0xfe 0x80 is no character in any encoding
+      // a conversion would go through.
+      await a.psql(
+        `CREATE TABLE raw AS SELECT g AS id,
+                convert_from('\\xfffe80e9'::bytea, 'SQL_ASCII') || g || repeat('r', 50) AS t
+           FROM generate_series(1, 20000) g;`,
+        { db: "sa" },
+      );
+      const bytes =
+        "SELECT md5(string_agg(convert_to(t, 'SQL_ASCII')::text, ',' ORDER BY id)) FROM raw";
+      const source = await q(a, bytes, "sa");
+      assert.match(
+        await q(a, "SELECT convert_to(t, 'SQL_ASCII')::text FROM raw WHERE id = 1", "sa"),
+        /^\\xfffe80e9/,
+      );
+      const backup = await cli(nativeBackupArgs(repo, "sa", "256k"), { env: pgEnv(a) });
+      assert.equal(backup.code, 0, backup.stderr);
+      const [id] = await setDirs(repo);
+      const raw = (await readManifest(repo, id)).databases[0].native.tables.find((t) =>
+        t.name === "raw"
+      );
+      assert.ok(raw && raw.chunks.length > 1, "raw is split into chunks");
+      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+        env: pgEnv(b),
+      });
+      assert.equal(res.code, 0, res.stderr);
+      assert.equal(await q(b, bytes, "sa"), source);
+
+      const script = `${repo}/sa.sql`;
+      const out = await cli(["--repo", repo, "export-sql", id, "--output", script]);
+      assert.equal(out.code, 0, out.stderr);
+      await b.psql(`CREATE DATABASE sa2 ${create}`);
+      await b.psql(await Deno.readFile(script), { db: "sa2" });
+      assert.equal(await q(b, bytes, "sa2"), source);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("an EUC_JP database's text round trips byte for byte (no conversion to UTF-8 and back)", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

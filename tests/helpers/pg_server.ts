@@ -29,7 +29,7 @@ export interface PgServer {
   /** libpq variables for a TCP connection to 127.0.0.1 with password (SCRAM) auth. */
   tcpEnv(user: string, password: string): Record<string, string>;
   /** Runs SQL through `psql` (stdin, ON_ERROR_STOP); returns unaligned, tuples-only stdout. */
-  psql(sql: string, opts?: { db?: string; user?: string }): Promise<string>;
+  psql(sql: string | Uint8Array, opts?: { db?: string; user?: string }): Promise<string>;
   /** `CREATE DATABASE` with the name quoted as an identifier. */
   createDatabase(name: string): Promise<void>;
   /** Stops the server and removes its temp dir. Safe to call more than once. */
@@ -327,7 +327,8 @@ class ThrowawayServer implements PgServer {
     };
   }
 
-  async psql(sql: string, opts: { db?: string; user?: string } = {}): Promise<string> {
+  /** Runs `sql` (text, or a script's bytes as they are) and returns what psql printed. */
+  async psql(sql: string | Uint8Array, opts: { db?: string; user?: string } = {}): Promise<string> {
     const db = opts.db ?? "postgres";
     const user = opts.user ?? this.superuser;
     const out = await run(
