@@ -480,6 +480,38 @@ for (const engine of ENGINES) {
             );
           },
         );
+
+        await t.step(
+          "--clean of app.events is refused while the target has a partition the backup lacks",
+          async () => {
+            await src.psql(
+              `CREATE TABLE app.events_2027 PARTITION OF app.events
+                 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+               INSERT INTO app.events VALUES (9001, '2027-03-01', 'after the backup');`,
+              { db: SOURCE_DB },
+            );
+            const before = await snapshotDatabase(src, SOURCE_DB);
+            const refused = await restore(src, ["--table", "app.events", "--clean"], ["--yes"]);
+            assert.equal(refused.code, 1, refused.stdout + refused.stderr);
+            assert.match(refused.stderr, /--clean would drop app\.events_2027 .*DETACH PARTITION/);
+            assertSameSnapshot(await snapshotDatabase(src, SOURCE_DB), before, "nothing changed");
+
+            // Detached, it is no longer the restore's to drop: it keeps its row, and the
+            // damaged app.events comes back as backed up.
+            await src.psql(
+              `ALTER TABLE app.events DETACH PARTITION app.events_2027;
+               UPDATE app.events SET payload = 'damaged' WHERE id % 2 = 0;`,
+              { db: SOURCE_DB },
+            );
+            const r = await restore(src, ["--table", "app.events", "--clean"], ["--yes"]);
+            assert.equal(r.code, 0, r.stderr);
+            assert.deepEqual((await snapshotDatabase(src, SOURCE_DB)).tables, before.tables);
+            assert.equal(
+              await q(src, "SELECT payload FROM app.events_2027", SOURCE_DB),
+              "after the backup",
+            );
+          },
+        );
       } finally {
         await Deno.remove(repo, { recursive: true });
       }

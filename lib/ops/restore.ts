@@ -10,7 +10,10 @@ import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
 import { restoreArchive, restoreGlobalsScript, withListFile } from "../engine/pg/pg_restore.ts";
-import { restoreDatabaseNative } from "../engine/pg/native_restore.ts";
+import {
+  restoreDatabaseNative,
+  restoreTablesInOneTransaction,
+} from "../engine/pg/native_restore.ts";
 import {
   readArchiveToc,
   schemasNeeded,
@@ -304,6 +307,52 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
 }
 
 /**
+ * --clean drops each chosen table the target has, and dropping a partitioned table drops its
+ * partitions, rows and all (as with pg_restore --clean -t): refused when the target has a
+ * partition of one that the restore does not bring back (one created after the backup, say).
+ */
+async function refuseToDropPartitions(
+  opts: RestoreOptions,
+  target: string,
+  action: string,
+  existing: readonly TableRef[],
+  restored: readonly TableRef[],
+): Promise<void> {
+  const partitions = await opts.target.withSql(
+    target,
+    `${action}: cannot inspect database "${target}"`,
+    async (sql) =>
+      await sql<{ schema: string; name: string }[]>`
+        WITH RECURSIVE chosen AS (
+          SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE (n.nspname, c.relname) IN (
+             SELECT * FROM unnest(${existing.map((t) => t.schema)}::text[],
+                                  ${existing.map((t) => t.name)}::text[]))
+        ), below AS (
+          SELECT i.inhrelid AS oid FROM pg_inherits i JOIN chosen ON i.inhparent = chosen.oid
+          UNION
+          SELECT i.inhrelid FROM pg_inherits i JOIN below ON i.inhparent = below.oid
+        )
+        SELECT n.nspname AS schema, c.relname AS name
+          FROM below JOIN pg_class c ON c.oid = below.oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relispartition
+         ORDER BY 1, 2`,
+  );
+  const lost = partitions.filter((p) =>
+    !restored.some((t) => t.schema === p.schema && t.name === p.name)
+  );
+  if (lost.length > 0) {
+    throw new DbBackupError(
+      "refused",
+      `${action}: --clean would drop ${
+        lost.map((t) => `${t.schema}.${t.name}`).join(", ")
+      } in database "${target}" with its rows: a partition of a table being replaced that this backup does not have; detach it first (ALTER TABLE ... DETACH PARTITION) to keep it`,
+    );
+  }
+}
+
+/**
  * --table/--schema: reads the archive's table of contents, chooses the entries, and checks
  * which chosen tables (and trigger functions) the target already has.
  */
@@ -357,6 +406,9 @@ async function planTables(
         existing.map((t) => `${t.schema}.${t.name}`).join(", ")
       }; add --clean to drop and restore them`,
     );
+  }
+  if (existing.length > 0) {
+    await refuseToDropPartitions(opts, target, action, existing, selection.tables);
   }
   // What the target already has is used as it is, not created again: trigger functions; and a
   // sequence, while none of the chosen tables is there to be replaced (it belongs to something
@@ -609,7 +661,7 @@ async function fillDatabase(
     await createSchemas(opts.target, db.target, selection.schemas);
     await withListFile(
       selection.list,
-      (listFile) => restoreTables(opts, plan, db, { pgRestore, psql }, jobs, listFile),
+      (listFile) => restoreTables(opts, plan, db, { pgRestore, psql }, listFile),
     );
     return;
   }
@@ -652,42 +704,20 @@ async function restoreTables(
   plan: RestorePlan,
   db: PlannedDatabase,
   { pgRestore, psql }: Tools,
-  jobs: number,
   listFile: string,
 ): Promise<void> {
-  const clean = db.action === "replace-tables";
-  if (plan.manifest.engine === "native") {
-    await restoreDatabaseNative({
-      target: opts.target,
-      repo: opts.repo,
-      setId: plan.setId,
-      record: db.record,
-      database: db.target,
-      createFromArchive: false,
-      dropFirst: false,
-      jobs,
-      spool: spoolAllowed(opts, plan),
-      only: { tables: db.selection!.tables, listFile, clean },
-      pgRestore,
-      psql,
-      reporter: opts.reporter,
-      signal: opts.signal,
-    });
-    return;
-  }
-  // One job, hence one transaction: a failure (e.g. a table that cannot be dropped because
-  // another one references it) leaves the target as it was.
-  await restoreArchive(pgRestore, opts.target, await opts.repo.openFile(plan.setId, db.file), {
+  await restoreTablesInOneTransaction({
+    target: opts.target,
+    repo: opts.repo,
+    setId: plan.setId,
+    record: db.record,
+    archive: db.file,
     database: db.target,
-    jobs: 1,
-    clean,
-    create: false,
-    listFile,
-    singleTransaction: true,
+    only: { tables: db.selection!.tables, listFile, clean: db.action === "replace-tables" },
+    pgRestore,
+    psql,
+    reporter: opts.reporter,
     signal: opts.signal,
-    describe: `pg_restore of ${
-      db.selection!.tables.length
-    } table(s) of "${db.source}" into "${db.target}" at ${opts.target.endpoint}`,
   });
 }
 

@@ -52,8 +52,6 @@ export interface NativeRestoreOptions {
   jobs: number;
   /** Whether pg_restore may spool the schema archive to local disk for parallel post-data. */
   spool: boolean;
-  /** --table/--schema: only these tables, and only the archive entries of `listFile`. */
-  only?: { tables: { schema: string; name: string }[]; listFile: string; clean: boolean };
   pgRestore: PgTool;
   psql: PgTool;
   reporter: Reporter;
@@ -68,21 +66,38 @@ const END_OF_COPY = new TextEncoder().encode("\\.\n");
  */
 const EARLY_POST_DATA_BYTES = 32 * 1024 * 1024;
 
+/** `restore single --table/--schema` of a set of either engine. */
+export interface TablesRestoreOptions {
+  target: PgTarget;
+  repo: Repository;
+  setId: string;
+  record: DatabaseRecord;
+  /** The database's archive: the whole dump (pg_dump engine) or its schema (native). */
+  archive: FileRecord;
+  /** The database to fill; it exists. */
+  database: string;
+  /** Only these tables, and only the archive entries of `listFile`. */
+  only: { tables: { schema: string; name: string }[]; listFile: string; clean: boolean };
+  pgRestore: PgTool;
+  psql: PgTool;
+  reporter: Reporter;
+  signal?: AbortSignal;
+}
+
 /**
- * --table/--schema: everything in one transaction of one psql session, so a failure (a chunk
- * that does not verify, a clash in the target) leaves the target as it was, also with --clean:
- * pg_restore's SQL for the chosen pre-data entries (with DROP ... IF EXISTS for --clean), then
- * each chosen table's chunks as COPY ... FROM stdin with inline data, then the chosen data and
- * post-data entries.
+ * --table/--schema, for sets of both engines: everything in one transaction of one psql
+ * session, so a failure (a chunk that does not verify, a clash in the target) leaves the target
+ * as it was, also with --clean: pg_restore's SQL for the chosen pre-data entries (with DROP ...
+ * IF EXISTS for --clean), then each chosen native table's chunks as COPY ... FROM stdin with
+ * inline data, then the chosen data and post-data entries. --clean drops pre-data objects only:
+ * a table takes its indexes, keys and triggers with it, and pg_restore's own DROP of a
+ * partition's key or index fails ("cannot drop inherited constraint"), as pg_restore --clean -t
+ * of a partitioned table did.
  */
-async function restoreTablesInOneTransaction(
-  o: NativeRestoreOptions,
-  only: NonNullable<NativeRestoreOptions["only"]>,
-  schema: FileRecord,
-  file: (path: string) => FileRecord,
-  describe: (what: string) => string,
-): Promise<void> {
-  const tables = o.record.native!.tables.filter((t) =>
+export async function restoreTablesInOneTransaction(o: TablesRestoreOptions): Promise<void> {
+  const only = o.only;
+  const file = fileOf(o.record);
+  const tables = (o.record.native?.tables ?? []).filter((t) =>
     only.tables.some((s) => s.schema === t.schema && s.name === t.name)
   );
   o.reporter.event({
@@ -90,8 +105,10 @@ async function restoreTablesInOneTransaction(
     part: o.database,
     message: `restoring ${only.tables.length} table(s) into "${o.database}" in one transaction`,
   });
+  const describe = (what: string) =>
+    `${what} of ${only.tables.length} table(s) of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
   const script = async (section: "pre-data" | "data" | "post-data") =>
-    archiveScript(o.pgRestore, o.target, await o.repo.openFile(o.setId, schema), {
+    archiveScript(o.pgRestore, o.target, await o.repo.openFile(o.setId, o.archive), {
       section,
       listFile: only.listFile,
       clean: section === "pre-data" && only.clean,
@@ -113,6 +130,16 @@ async function restoreTablesInOneTransaction(
     signal: o.signal,
   });
   await Promise.all([feedChild(child, concatStreams(parts)), child.status]);
+}
+
+/** The manifest's record of one of the database's files, by path. */
+function fileOf(record: DatabaseRecord): (path: string) => FileRecord {
+  const files = new Map<string, FileRecord>(record.files.map((f) => [f.path, f]));
+  return (path) => {
+    const f = files.get(path);
+    if (!f) throw new DbBackupError("verification", `manifest lists no file ${path}`);
+    return f;
+  };
 }
 
 /** A part of a psql script: made when the part before it has been read to its end. */
@@ -140,7 +167,7 @@ export function copyFromStdin(
 
 /** One COPY ... FROM stdin per chunk of `table`, each with its verified data inline. */
 function chunkCopies(
-  o: NativeRestoreOptions,
+  o: Pick<TablesRestoreOptions, "repo" | "setId" | "record">,
   file: (path: string) => FileRecord,
   table: TableRecord,
 ): Part[] {
@@ -256,12 +283,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   if (!layout) {
     throw new DbBackupError("verification", `database "${o.record.name}" has no native layout`);
   }
-  const files = new Map<string, FileRecord>(o.record.files.map((f) => [f.path, f]));
-  const file = (path: string) => {
-    const f = files.get(path);
-    if (!f) throw new DbBackupError("verification", `manifest lists no file ${path}`);
-    return f;
-  };
+  const file = fileOf(o.record);
   const schema = file(layout.schemaPath);
   const describe = (what: string) =>
     `${what} of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
@@ -295,11 +317,6 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
     if (!only) return await restore();
     await withListFile(tocListFile(toc, new Set(only.ids)), restore);
   };
-
-  if (o.only) {
-    await restoreTablesInOneTransaction(o, o.only, schema, file, describe);
-    return;
-  }
 
   const tables = layout.tables;
   // The schema archive's table of contents (its start only).
