@@ -280,6 +280,7 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
         }
         act = "clean";
       } else act = opts.kind === "single" ? "clean" : "drop-and-create";
+      if (act === "clean") await refuseUncleanable(opts, id, file, target, action);
     }
     databases.push({
       source: rec.name,
@@ -304,6 +305,50 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
     jobs: opts.jobs,
     manifest,
   };
+}
+
+/**
+ * A pg_dump set's restore --clean into a database that stays (a single restore, or the cluster's
+ * "postgres"): pg_restore --clean drops every object of the archive, one by one, in reverse
+ * order, and stops at the first that fails. A key or index of a partition, attached to its
+ * partitioned table's, cannot be dropped on its own ("cannot drop inherited constraint"): the
+ * restore failed after dropping the keys and indexes that came before, leaving the database
+ * neither as it was nor as backed up. Refused before anything is dropped when the target has
+ * such an index that the archive would drop.
+ */
+async function refuseUncleanable(
+  opts: RestoreOptions,
+  setId: string,
+  file: FileRecord,
+  target: string,
+  action: string,
+): Promise<void> {
+  const toc = await readArchiveToc(await opts.repo.openFile(setId, file), `${setId}/${file.path}`);
+  const attached = toc.entries.filter((e) => e.desc === "INDEX ATTACH" && e.namespace !== null);
+  if (attached.length === 0) return;
+  const found = await opts.target.withSql(
+    target,
+    `${action}: cannot inspect database "${target}"`,
+    async (sql) =>
+      await sql<{ schema: string; name: string }[]>`
+        SELECT n.nspname AS schema, c.relname AS name
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'i' AND c.relispartition
+           AND (n.nspname, c.relname) IN (
+             SELECT * FROM unnest(${attached.map((e) => e.namespace!)}::text[],
+                                  ${attached.map((e) => e.tag)}::text[]))
+         ORDER BY 1, 2`,
+  );
+  if (found.length === 0) return;
+  const names = found.map((i) => `${i.schema}.${i.name}`);
+  throw new DbBackupError(
+    "refused",
+    `${action}: pg_restore --clean cannot replace database "${target}" in place: it would stop at dropping ${
+      names.slice(0, 3).join(", ")
+    }${
+      names.length > 3 ? ` and ${names.length - 3} more` : ""
+    } (a partition's key or index, which goes only with its partitioned table's), after dropping other objects; restore into a new database (--target NAME --create) or drop "${target}" first`,
+  );
 }
 
 /**
