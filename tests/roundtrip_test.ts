@@ -13,7 +13,13 @@ import {
   summaryOf,
   tempRepo,
 } from "./helpers/cli.ts";
-import { type PgServer, queryValue as q, quoteLiteral, withTwoPg } from "./helpers/pg_server.ts";
+import {
+  type PgServer,
+  queryValue as q,
+  quoteLiteral,
+  withPg,
+  withTwoPg,
+} from "./helpers/pg_server.ts";
 
 const AWKWARD_DB = 'Ärger "db" 1';
 const ENGINES = ["pg_dump", "native"] as const;
@@ -422,6 +428,60 @@ for (const engine of ENGINES) {
         );
         assert.equal(single.code, 0, single.stderr);
         assertSameSnapshot(await snapshotDatabase(b, "ro2"), before, "database ro2");
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}
+
+/** What a database is beyond its contents: owner, limit, privileges, comment, settings. */
+async function databaseDefinition(pg: PgServer, db: string): Promise<string> {
+  return await q(
+    pg,
+    `SELECT concat_ws(' | ', pg_get_userbyid(d.datdba), d.datconnlimit, d.datacl::text,
+              shobj_description(d.oid, 'pg_database'), d.encoding, d.datcollate,
+              (SELECT string_agg(coalesce(r.rolname, '-') || ':' ||
+                                 array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname)
+                 FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
+                WHERE s.setdatabase = d.oid))
+       FROM pg_database d WHERE d.datname = ${quoteLiteral(db)}`,
+  );
+}
+
+for (const engine of ENGINES) {
+  Deno.test(`restore single --clean (${engine}) replaces the contents and keeps the database's owner, settings, comment and privileges`, async () => {
+    await withPg(async (a) => {
+      const repo = await tempRepo();
+      try {
+        await loadWide(a, "shop", 3000);
+        const before = await snapshotDatabase(a, "shop");
+        const r = await dbbackup(
+          ["--repo", repo, "backup", "single", "shop", "--engine", engine, "--chunk-size", "64k"],
+          { env: pgEnv(a) },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        await a.psql(
+          `CREATE ROLE app_owner; CREATE ROLE reader;
+           ALTER DATABASE shop OWNER TO app_owner;
+           ALTER DATABASE shop CONNECTION LIMIT 7;
+           ALTER DATABASE shop SET search_path TO app, "$user", public;
+           ALTER ROLE reader IN DATABASE shop SET statement_timeout = '5s';
+           COMMENT ON DATABASE shop IS 'the shop';
+           REVOKE ALL ON DATABASE shop FROM PUBLIC;
+           GRANT CONNECT ON DATABASE shop TO reader;`,
+        );
+        await a.psql("UPDATE wide SET n = -1 WHERE id % 7 = 0; DROP TABLE small", { db: "shop" });
+        const definition = await databaseDefinition(a, "shop");
+        assert.match(definition, /^app_owner \| 7 \| .*reader=c\/app_owner.* \| the shop \|/);
+
+        const res = await dbbackup(
+          ["--repo", repo, "--yes", "-j", "2", "restore", "single", "latest", "--clean"],
+          { env: pgEnv(a) },
+        );
+        assert.equal(res.code, 0, res.stderr);
+        assertSameSnapshot(await snapshotDatabase(a, "shop"), before, "shop as backed up");
+        assert.equal(await databaseDefinition(a, "shop"), definition);
       } finally {
         await Deno.remove(repo, { recursive: true });
       }

@@ -10,6 +10,7 @@ import { DbBackupError, errorMessage } from "../errors.ts";
 import { countUserObjects, listDatabases, serverInfo } from "../engine/pg/catalog.ts";
 import { type PgTarget, quoteIdent, quoteLiteral } from "../engine/pg/connect.ts";
 import { restoreArchive, restoreGlobalsScript, withListFile } from "../engine/pg/pg_restore.ts";
+import { startDatabaseDump } from "../engine/pg/pg_dump.ts";
 import {
   restoreDatabaseNative,
   restoreTablesInOneTransaction,
@@ -109,6 +110,8 @@ export interface RestorePlan {
   skipped: { name: string; reason: string }[];
   jobs: number;
   manifest: Manifest;
+  /** The target server's major version (for a pg_dump of a database it has). */
+  targetMajor: number;
 }
 
 export interface RestoreResult {
@@ -213,7 +216,7 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
     chosen = manifest.databases.filter((d) => d.status === "ok");
   }
 
-  const existing = await opts.target.withSql(
+  const server = await opts.target.withSql(
     "postgres",
     `${action} into ${opts.target.endpoint}`,
     async (sql) => {
@@ -225,9 +228,13 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
           `${action}: it comes from PostgreSQL ${manifest.server.version}, the target runs ${info.version} (older)`,
         );
       }
-      return new Set((await listDatabases(sql)).map((d) => d.name));
+      return {
+        major: info.major,
+        names: new Set((await listDatabases(sql)).map((d) => d.name)),
+      };
     },
   );
+  const existing = server.names;
 
   const filtered = (opts.tables?.length ?? 0) + (opts.schemas?.length ?? 0) > 0;
   if (filtered && opts.kind !== "single") {
@@ -304,6 +311,7 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
     skipped,
     jobs: opts.jobs,
     manifest,
+    targetMajor: server.major,
   };
 }
 
@@ -589,6 +597,9 @@ async function executeRestore(
   const tools: Tools = {
     pgRestore: await findTool("pg_restore", major, opts.pgBin),
     psql: await findTool("psql", major, opts.pgBin),
+    pgDump: plan.databases.some((d) => d.action === "recreate")
+      ? await findTool("pg_dump", plan.targetMajor, opts.pgBin)
+      : undefined,
   };
   if (plan.globals) {
     const started = performance.now();
@@ -658,8 +669,8 @@ async function restoreDatabase(
     part: db.target,
     message: `restoring "${db.source}" into "${db.target}" (${db.action})`,
   });
-  if (db.action === "recreate") await dropDatabase(opts.target, db.target);
-  if (db.action === "create" || db.action === "recreate") await createDatabase(opts.target, db);
+  if (db.action === "recreate") await recreateDatabase(opts, db, tools);
+  if (db.action === "create") await createDatabase(opts.target, db);
   try {
     if (verified) await fillWhileVerifying(opts, plan, db, tools, jobs, verified);
     else await fillDatabase(opts, plan, db, tools, jobs);
@@ -782,6 +793,8 @@ async function createSchemas(target: PgTarget, database: string, schemas: string
 interface Tools {
   pgRestore: PgTool;
   psql: PgTool;
+  /** For a database that is dropped and created again: reads its definition first. */
+  pgDump?: PgTool;
 }
 
 /** Parallel pg_restore spools a plaintext archive: only for unencrypted sets on local disk. */
@@ -794,6 +807,46 @@ async function dropDatabase(target: PgTarget, name: string): Promise<void> {
     "postgres",
     `cannot drop database "${name}" at ${target.endpoint}`,
     (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}`),
+  );
+}
+
+/**
+ * Native restore --clean: the target database is dropped and created again as it was, with its
+ * encoding, locale, owner, connection limit, settings (its own and its roles'), comment and
+ * privileges, read with pg_dump --create before the drop. Only its contents are replaced, as
+ * pg_restore --clean leaves the database itself alone. (It was created with the backup's
+ * encoding and locale and nothing else: owned by the restoring role, its settings and grants
+ * gone.)
+ */
+async function recreateDatabase(opts: RestoreOptions, db: PlannedDatabase, tools: Tools) {
+  const child = startDatabaseDump(tools.pgDump!, opts.target, db.target, opts.signal, [
+    "--create",
+    "--schema-only",
+    "--exclude-schema=*",
+  ]);
+  const [definition] = await Promise.all([new Response(child.stdout).bytes(), child.status]);
+  const toc = await readArchiveToc(
+    ReadableStream.from([definition]),
+    `pg_dump --create of "${db.target}"`,
+  );
+  // The database's own entries only: not the extensions, casts, languages, ... it also holds.
+  const own = toc.entries.filter((e) =>
+    e.desc === "DATABASE" || e.desc === "DATABASE PROPERTIES" ||
+    (["COMMENT", "ACL", "SECURITY LABEL"].includes(e.desc) && e.tag.startsWith("DATABASE "))
+  );
+  await dropDatabase(opts.target, db.target);
+  await withListFile(
+    tocListFile(toc, new Set(own.map((e) => e.dumpId))),
+    (listFile) =>
+      restoreArchive(tools.pgRestore, opts.target, ReadableStream.from([definition]), {
+        database: "postgres",
+        jobs: 1,
+        clean: false,
+        create: true,
+        listFile,
+        signal: opts.signal,
+        describe: `creating database "${db.target}" again at ${opts.target.endpoint}`,
+      }),
   );
 }
 
