@@ -597,8 +597,11 @@ async function executeRestore(
   const tools: Tools = {
     pgRestore: await findTool("pg_restore", major, opts.pgBin),
     psql: await findTool("psql", major, opts.pgBin),
-    pgDump: plan.databases.some((d) => d.action === "recreate")
-      ? await findTool("pg_dump", plan.targetMajor, opts.pgBin)
+    definition: plan.databases.some((d) => d.action === "recreate")
+      ? {
+        pgDump: await findTool("pg_dump", plan.targetMajor, opts.pgBin),
+        pgRestore: await findTool("pg_restore", plan.targetMajor, opts.pgBin),
+      }
       : undefined,
   };
   if (plan.globals) {
@@ -793,8 +796,11 @@ async function createSchemas(target: PgTarget, database: string, schemas: string
 interface Tools {
   pgRestore: PgTool;
   psql: PgTool;
-  /** For a database that is dropped and created again: reads its definition first. */
-  pgDump?: PgTool;
+  /**
+   * For a database that is dropped and created again: pg_dump reads its definition first, and a
+   * pg_restore of the same version (the target's) creates it from that.
+   */
+  definition?: { pgDump: PgTool; pgRestore: PgTool };
 }
 
 /** Parallel pg_restore spools a plaintext archive: only for unencrypted sets on local disk. */
@@ -818,8 +824,13 @@ async function dropDatabase(target: PgTarget, name: string): Promise<void> {
  * encoding and locale and nothing else: owned by the restoring role, its settings and grants
  * gone.)
  */
-async function recreateDatabase(opts: RestoreOptions, db: PlannedDatabase, tools: Tools) {
-  const child = startDatabaseDump(tools.pgDump!, opts.target, db.target, opts.signal, [
+async function recreateDatabase(
+  opts: RestoreOptions,
+  db: PlannedDatabase,
+  tools: Tools,
+): Promise<void> {
+  const { pgDump, pgRestore } = tools.definition!;
+  const child = startDatabaseDump(pgDump, opts.target, db.target, opts.signal, [
     "--create",
     "--schema-only",
     "--exclude-schema=*",
@@ -838,7 +849,7 @@ async function recreateDatabase(opts: RestoreOptions, db: PlannedDatabase, tools
   await withListFile(
     tocListFile(toc, new Set(own.map((e) => e.dumpId))),
     (listFile) =>
-      restoreArchive(tools.pgRestore, opts.target, ReadableStream.from([definition]), {
+      restoreArchive(pgRestore, opts.target, ReadableStream.from([definition]), {
         database: "postgres",
         jobs: 1,
         clean: false,
