@@ -70,6 +70,21 @@ function cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return dbbackup(args, { limitMs: RUN_LIMIT_MS, ...options });
 }
 
+/** A native backup of `db` from `pg` in 256 KiB chunks, which must succeed: its set's id. */
+async function backUpNative(pg: PgServer, repo: string, db: string): Promise<string> {
+  const backup = await cli(nativeBackupArgs(repo, db, "256k"), { env: pgEnv(pg) });
+  assert.equal(backup.code, 0, backup.stderr);
+  const [id] = await setDirs(repo);
+  return id;
+}
+
+/** `restore single <id> --create` with two jobs into `pg`. */
+function restoreCreate(pg: PgServer, repo: string, id: string): Promise<CliResult> {
+  return cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
+    env: pgEnv(pg),
+  });
+}
+
 async function readManifest(repo: string, id: string): Promise<ManifestShape> {
   return JSON.parse(await Deno.readTextFile(`${repo}/${id}/manifest.json`));
 }
@@ -252,9 +267,7 @@ Deno.test("native backup under concurrent transfers restores one consistent mome
       const finalLedger = Number(await q(a, "SELECT count(*) FROM ledger", "bank"));
       assert.equal(finalLedger, LEDGER_PRELOAD + committed, "every committed transfer is on A");
 
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
 
       const [sum, moves] = (await q(b, "SELECT sum(balance), sum(n) FROM accounts", "bank"))
@@ -364,9 +377,7 @@ break" SELECT repeat(md5(g::text), 10), g FROM generate_series(1, 3000) g;
       assert.equal(broken.chunks.reduce((n, c) => n + c.rows, 0), 3000, "its rows add up too");
       assert.equal(items.chunks.at(-1)!.toPage, null, "the last chunk is open-ended");
 
-      const ok = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const ok = await restoreCreate(b, repo, id);
       assert.equal(ok.code, 0, ok.stderr);
       assertSameSnapshot(await snapshotDatabase(b, "shop"), before, "restored from chunks");
 
@@ -419,15 +430,11 @@ Deno.test("a split table of an extension's type, with an index of an extension's
         { db: "ext" },
       );
       const before = await snapshotDatabase(a, "ext");
-      const backup = await dbbackup(nativeBackupArgs(repo, "ext", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "ext");
       const manifest = await readManifest(repo, id);
       const people = manifest.databases[0].native.tables.find((t) => t.name === "people");
       assert.ok(people && people.chunks.length > 1, "people is split into chunks");
-      const res = await dbbackup(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assertSameSnapshot(await snapshotDatabase(b, "ext"), before, "ext after restore");
       assert.equal(
@@ -487,9 +494,7 @@ Deno.test("a native backup that row-level security would filter fails instead of
       assert.ok(notes && notes.chunks.length > 1, "notes is split into chunks");
       assert.equal(notes.chunks.reduce((n, c) => n + c.rows, 0), 20000);
       await b.psql("CREATE ROLE reader LOGIN");
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assertSameSnapshot(await snapshotDatabase(b, "rls"), before, "rls after restore");
       assert.equal(
@@ -518,13 +523,9 @@ Deno.test("a row the target rejects after its chunk was sent fails the restore, 
            FROM generate_series(1, 20000) g;`,
         { db: "late" },
       );
-      const backup = await cli(nativeBackupArgs(repo, "late", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "late");
       await b.psql("ALTER ROLE postgres SET dbbackup_test.max_v = '100'");
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 1, res.stderr);
       assert.match(res.stderr, /chunk db-001-t\d{5}-c\d{4}\.copy\.zst of table public\.readings/);
       assert.match(res.stderr, /violates check constraint/);
@@ -560,18 +561,14 @@ Deno.test("reg* values and XML restore exactly, whatever search_path and xmlopti
            FROM generate_series(1, 20000) g;`,
         { db: "paths" },
       );
-      const backup = await cli(nativeBackupArgs(repo, "paths", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "paths");
       assert.ok(
         (await readManifest(repo, id)).databases[0].native.tables.some((t) => t.name === "refs"),
         "refs is copied natively",
       );
       await b.psql("ALTER ROLE postgres SET search_path = public");
       await b.psql("ALTER ROLE postgres SET xmloption = document");
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       const named = `SELECT string_agg(DISTINCT n.nspname || '.' || c.relname, ',')
                        FROM s.refs JOIN pg_class c ON c.oid = r
@@ -608,14 +605,10 @@ Deno.test("in a LATIN1 database, a big table with a non-ASCII name is backed up 
         { db: "lat" },
       );
       const before = await snapshotDatabase(a, "lat");
-      const backup = await cli(nativeBackupArgs(repo, "lat", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "lat");
       const native = (await readManifest(repo, id)).databases[0].native.tables.map((t) => t.name);
       assert.deepEqual(native, ["plain"], "café stays in pg_dump's archive, plain is split");
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assert.equal(await q(b, `SELECT count(*) FROM "café"`, "lat"), "20000");
       assertSameSnapshot(await snapshotDatabase(b, "lat"), before, "lat after restore");
@@ -646,16 +639,12 @@ Deno.test("an SQL_ASCII database's bytes that are not UTF-8 round trip unchanged
         await q(a, "SELECT convert_to(t, 'SQL_ASCII')::text FROM raw WHERE id = 1", "sa"),
         /^\\xfffe80e9/,
       );
-      const backup = await cli(nativeBackupArgs(repo, "sa", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "sa");
       const raw = (await readManifest(repo, id)).databases[0].native.tables.find((t) =>
         t.name === "raw"
       );
       assert.ok(raw && raw.chunks.length > 1, "raw is split into chunks");
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assert.equal(await q(b, bytes, "sa"), source);
 
@@ -688,14 +677,10 @@ Deno.test("an EUC_JP database's text round trips byte for byte (no conversion to
       const bytes =
         "SELECT md5(string_agg(convert_to(t, 'EUC_JP')::text, ',' ORDER BY id)) FROM jp";
       const source = await q(a, bytes, "ej");
-      const backup = await cli(nativeBackupArgs(repo, "ej", "256k"), { env: pgEnv(a) });
-      assert.equal(backup.code, 0, backup.stderr);
-      const [id] = await setDirs(repo);
+      const id = await backUpNative(a, repo, "ej");
       const manifest = await readManifest(repo, id);
       assert.ok(manifest.databases[0].native.tables.some((t) => t.name === "jp"));
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assert.equal(await q(b, bytes, "ej"), source);
     } finally {
@@ -1042,9 +1027,7 @@ Deno.test("a chunk whose backend is terminated mid-COPY is retried from the same
       assert.equal(manifest.status, "complete");
       assert.equal(manifest.databases[0].native.snapshots.length, 1, "one snapshot throughout");
 
-      const res = await cli(["--repo", repo, "-j", "2", "restore", "single", id, "--create"], {
-        env: pgEnv(b),
-      });
+      const res = await restoreCreate(b, repo, id);
       assert.equal(res.code, 0, res.stderr);
       assertSameSnapshot(await snapshotDatabase(b, "big"), before, "restore after a retried chunk");
     } finally {
