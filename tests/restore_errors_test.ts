@@ -62,3 +62,36 @@ Deno.test("restore --clean of a pg_dump set is refused before anything is droppe
     }
   });
 });
+
+Deno.test("restore --clean of a pg_dump set that cannot drop what the target has built on it changes nothing", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await a.createDatabase("shop");
+      await a.psql(
+        `CREATE TABLE t1 (id int PRIMARY KEY); INSERT INTO t1 SELECT generate_series(1, 100);
+         CREATE TABLE t2 (id int PRIMARY KEY); INSERT INTO t2 SELECT generate_series(1, 100);`,
+        { db: "shop" },
+      );
+      const backup = await dbbackup(["--repo", repo, "backup", "single", "shop"], {
+        env: pgEnv(a),
+      });
+      assert.equal(backup.code, 0, backup.stderr);
+      // Only the target has the view: DROP TABLE t1 fails, after t2 and t1's key were dropped.
+      await a.psql(
+        "INSERT INTO t2 SELECT generate_series(101, 150); CREATE VIEW report AS SELECT count(*) FROM t1",
+        { db: "shop" },
+      );
+      const before = await snapshotDatabase(a, "shop");
+      const r = await dbbackup(
+        ["--repo", repo, "--yes", "-j", "2", "restore", "single", "latest", "--clean"],
+        { env: pgEnv(a) },
+      );
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /other objects depend on it/);
+      assertSameSnapshot(await snapshotDatabase(a, "shop"), before, "shop after the failure");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

@@ -746,9 +746,15 @@ async function fillDatabase(
   const input = (await opts.repo.openFile(plan.setId, db.file)).pipeThrough(
     progressStream(opts.reporter, db.target, db.file.rawBytes),
   );
+  // --clean into a database that stays: pg_restore drops the archive's objects one by one and
+  // stops at the first it cannot drop (one that only the target has depends on it: a view, a
+  // foreign key), after dropping those before it. In one transaction (hence one job), such a
+  // failure leaves the target as it was.
+  const inPlace = db.action === "clean";
   await restoreArchive(pgRestore, opts.target, input, {
     database: fromArchive ? "postgres" : db.target,
-    jobs,
+    jobs: inPlace ? 1 : jobs,
+    singleTransaction: inPlace,
     spool: spoolAllowed(opts, plan),
     clean: db.action === "clean" || db.action === "drop-and-create",
     create: fromArchive,
