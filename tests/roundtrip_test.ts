@@ -488,3 +488,42 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+Deno.test("a native restore --clean that fails puts the database it replaced back as it was", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // Owned by a role the target server lacks: pre-data fails after the database was replaced.
+      await a.psql("CREATE ROLE app_owner");
+      await loadWide(a, "shop", 3000);
+      await a.psql("ALTER TABLE small OWNER TO app_owner", { db: "shop" });
+      const r = await dbbackup(
+        ["--repo", repo, "backup", "single", "shop", "--engine", "native", "--chunk-size", "64k"],
+        { env: pgEnv(a) },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      await b.psql("CREATE ROLE keeper; CREATE DATABASE shop OWNER keeper");
+      await b.psql(
+        "CREATE TABLE precious (x int); INSERT INTO precious SELECT generate_series(1, 500)",
+        { db: "shop" },
+      );
+      const before = await snapshotDatabase(b, "shop");
+      const definition = await databaseDefinition(b, "shop");
+      const databases = "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database";
+      const names = await q(b, databases);
+
+      const res = await dbbackup(
+        ["--repo", repo, "--yes", "-j", "2", "restore", "single", "latest", "--clean"],
+        { env: pgEnv(b) },
+      );
+      assert.equal(res.code, 1, res.stderr);
+      assert.match(res.stderr, /role "app_owner" does not exist/);
+      assert.match(res.stderr, /database "shop" is as it was before this restore/);
+      assertSameSnapshot(await snapshotDatabase(b, "shop"), before, "shop put back");
+      assert.equal(await databaseDefinition(b, "shop"), definition);
+      assert.equal(await q(b, databases), names, "no database left behind");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

@@ -672,18 +672,59 @@ async function restoreDatabase(
     part: db.target,
     message: `restoring "${db.source}" into "${db.target}" (${db.action})`,
   });
-  if (db.action === "recreate") await recreateDatabase(opts, db, tools);
+  const aside = db.action === "recreate" ? await recreateDatabase(opts, db, tools) : undefined;
   if (db.action === "create") await createDatabase(opts.target, db);
   try {
     if (verified) await fillWhileVerifying(opts, plan, db, tools, jobs, verified);
     else await fillDatabase(opts, plan, db, tools, jobs);
   } catch (err) {
-    // A database this restore created and could not fill is removed again.
+    // A database this restore created and could not fill is removed again; one it replaced
+    // is put back.
     if (db.action === "create" || db.action === "create-from-archive") {
       await dropDatabase(opts.target, db.target).catch(() => {});
     }
+    if (aside) await putBack(opts, db.target, aside);
     throw err;
   }
+  if (aside) {
+    await dropDatabase(opts.target, aside).catch((err) =>
+      opts.reporter.event({
+        type: "warning",
+        message:
+          `"${db.target}" is restored, but the database it replaced, renamed to "${aside}", could not be dropped: ${
+            errorMessage(err)
+          }`,
+      })
+    );
+  }
+}
+
+/** After a failed restore: the half-restored database is dropped, `aside` renamed back. */
+async function putBack(opts: RestoreOptions, name: string, aside: string): Promise<void> {
+  try {
+    await dropDatabase(opts.target, name);
+    await renameDatabase(opts.target, aside, name);
+    opts.reporter.event({
+      type: "warning",
+      message: `database "${name}" is as it was before this restore`,
+    });
+  } catch (err) {
+    opts.reporter.event({
+      type: "warning",
+      message:
+        `database "${name}" could not be put back: what it held before this restore is in the database "${aside}" (${
+          errorMessage(err)
+        })`,
+    });
+  }
+}
+
+async function renameDatabase(target: PgTarget, from: string, to: string): Promise<void> {
+  await target.withSql(
+    "postgres",
+    `cannot rename database "${from}" to "${to}" at ${target.endpoint}`,
+    (sql) => sql.unsafe(`ALTER DATABASE ${quoteIdent(from)} RENAME TO ${quoteIdent(to)}`),
+  );
 }
 
 /**
@@ -823,18 +864,19 @@ async function dropDatabase(target: PgTarget, name: string): Promise<void> {
 }
 
 /**
- * Native restore --clean: the target database is dropped and created again as it was, with its
- * encoding, locale, owner, connection limit, settings (its own and its roles'), comment and
- * privileges, read with pg_dump --create before the drop. Only its contents are replaced, as
- * pg_restore --clean leaves the database itself alone. (It was created with the backup's
- * encoding and locale and nothing else: owned by the restoring role, its settings and grants
- * gone.)
+ * Native restore --clean: the target database is created again as it was, with its encoding,
+ * locale, owner, connection limit, settings (its own and its roles'), comment and privileges,
+ * read with pg_dump --create first. Only its contents are replaced, as pg_restore --clean leaves
+ * the database itself alone. (It was created with the backup's encoding and locale and nothing
+ * else: owned by the restoring role, its settings and grants gone.) The database it replaces is
+ * renamed aside, not dropped, until the restore is complete: a restore that fails (a role the
+ * target lacks, a row it rejects) puts it back. Returns the name it was renamed to.
  */
 async function recreateDatabase(
   opts: RestoreOptions,
   db: PlannedDatabase,
   tools: Tools,
-): Promise<void> {
+): Promise<string> {
   const { pgDump, pgRestore } = tools.definition!;
   const child = startDatabaseDump(pgDump, opts.target, db.target, opts.signal, [
     "--create",
@@ -851,20 +893,35 @@ async function recreateDatabase(
     e.desc === "DATABASE" || e.desc === "DATABASE PROPERTIES" ||
     (["COMMENT", "ACL", "SECURITY LABEL"].includes(e.desc) && e.tag.startsWith("DATABASE "))
   );
-  await dropDatabase(opts.target, db.target);
-  await withListFile(
-    tocListFile(toc, new Set(own.map((e) => e.dumpId))),
-    (listFile) =>
-      restoreArchive(pgRestore, opts.target, ReadableStream.from([definition]), {
-        database: "postgres",
-        jobs: 1,
-        clean: false,
-        create: true,
-        listFile,
-        signal: opts.signal,
-        describe: `creating database "${db.target}" again at ${opts.target.endpoint}`,
-      }),
-  );
+  // A name of its own (at most 63 bytes), whatever the target's name.
+  const aside = `dbbackup_replaced_${new Date().toISOString().replace(/\D/g, "").slice(0, 14)}_${
+    crypto.randomUUID().slice(0, 8)
+  }`;
+  await renameDatabase(opts.target, db.target, aside);
+  opts.reporter.event({
+    type: "step",
+    part: db.target,
+    message: `renamed "${db.target}" to "${aside}" until the restore is complete`,
+  });
+  try {
+    await withListFile(
+      tocListFile(toc, new Set(own.map((e) => e.dumpId))),
+      (listFile) =>
+        restoreArchive(pgRestore, opts.target, ReadableStream.from([definition]), {
+          database: "postgres",
+          jobs: 1,
+          clean: false,
+          create: true,
+          listFile,
+          signal: opts.signal,
+          describe: `creating database "${db.target}" again at ${opts.target.endpoint}`,
+        }),
+    );
+  } catch (err) {
+    await renameDatabase(opts.target, aside, db.target).catch(() => {});
+    throw err;
+  }
+  return aside;
 }
 
 /** CREATE DATABASE with the encoding and locale the backup recorded. */
