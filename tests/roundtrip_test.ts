@@ -527,3 +527,55 @@ Deno.test("a native restore --clean that fails puts the database it replaced bac
     }
   });
 });
+
+for (const engine of ENGINES) {
+  Deno.test(`a target role's search_path and array_nulls change no reg* value or NULL array element (${engine})`, async () => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await a.createDatabase("shop");
+        // app.lower(text) would take over an unqualified lower(text) on a search_path that puts
+        // app first; with array_nulls off, an unquoted NULL element reads as the string "NULL".
+        await a.psql(
+          `CREATE SCHEMA app;
+           CREATE FUNCTION app.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
+           CREATE TABLE app.big (id int PRIMARY KEY, f regprocedure, a text[], pad text);
+           INSERT INTO app.big SELECT g, 'pg_catalog.lower(text)', ARRAY[NULL, 'x'],
+                                      repeat('p', 100) FROM generate_series(1, 3000) g;
+           CREATE TABLE app.small (id int PRIMARY KEY, a text[]);
+           INSERT INTO app.small VALUES (1, ARRAY[NULL, 'y']);`,
+          { db: "shop" },
+        );
+        const before = await snapshotDatabase(a, "shop");
+        const r = await dbbackup(
+          ["--repo", repo, "backup", "single", "shop", "--engine", engine, "--chunk-size", "64k"],
+          { env: pgEnv(a) },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        await b.psql(
+          `ALTER ROLE postgres SET search_path = app, pg_catalog;
+           ALTER ROLE postgres SET array_nulls = off;`,
+        );
+        const res = await dbbackup(
+          ["--repo", repo, "-j", "2", "restore", "single", "latest", "--create"],
+          { env: pgEnv(b) },
+        );
+        assert.equal(res.code, 0, res.stderr);
+        await b.psql("ALTER ROLE postgres RESET ALL");
+        assert.equal(
+          await q(
+            b,
+            `SELECT count(*) FILTER (WHERE f = 'pg_catalog.lower(text)'::regprocedure
+                                       AND a[1] IS NULL) FROM app.big`,
+            "shop",
+          ),
+          "3000",
+        );
+        assert.equal(await q(b, "SELECT a[1] IS NULL FROM app.small", "shop"), "t");
+        assertSameSnapshot(await snapshotDatabase(b, "shop"), before, "shop after restore");
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

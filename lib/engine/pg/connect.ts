@@ -183,8 +183,12 @@ export class PgTarget {
     // exist (with /dev/null itself, libpq warns on stderr that it is "not a plain file", and
     // that line ended up in every message about a failed child).
     env.PGPASSFILE = "/dev/null/none";
-    // pg_dump and pg_restore pin the rest themselves, but not this one (see SESSION_SETTINGS).
-    env.PGOPTIONS = pgOptions({ default_transaction_read_only: "off" });
+    // pg_dump and pg_restore pin the rest themselves, but not these (see SESSION_SETTINGS).
+    env.PGOPTIONS = pgOptions({
+      default_transaction_read_only: "off",
+      array_nulls: "on",
+      lc_monetary: "C",
+    });
     return env;
   }
 }
@@ -201,7 +205,14 @@ export class PgTarget {
  *   of silently reading or guarding fewer rows;
  * - a database whose sessions default to read-only comes back with that setting before the rest
  *   is restored, and every restore session after it failed with "cannot execute CREATE TABLE in
- *   a read-only transaction".
+ *   a read-only transaction";
+ * - reg* values (regclass, regprocedure, ...) are written and read relative to search_path:
+ *   pg_catalog alone (as pg_dump's empty one), so that a schema a role or database puts first
+ *   cannot take a name over (`lower(text)` was read back as `app.lower(text)`), and catalog
+ *   queries find the catalog's own functions;
+ * - with array_nulls off, an unquoted NULL array element is read as the string "NULL";
+ * - money is written and read in lc_monetary's format: in another locale `$ 12,34` was read back
+ *   by a target in C as 1234.
  */
 export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
   DateStyle: "ISO",
@@ -213,6 +224,9 @@ export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
   idle_in_transaction_session_timeout: "0",
   row_security: "off",
   default_transaction_read_only: "off",
+  search_path: "pg_catalog",
+  array_nulls: "on",
+  lc_monetary: "C",
 };
 
 /** `settings` as libpq's PGOPTIONS ("-c name=value ..."; no value here holds a space). */

@@ -6,14 +6,9 @@ import { type ChildHandle, spawn } from "../../process/run.ts";
 import { dbnameConninfo, pgOptions, type PgTarget, SESSION_SETTINGS } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
 
-/**
- * The session settings of postgres.js connections (connect.ts SESSION_SETTINGS), and an empty
- * search_path, so that regclass, regtype and other reg* values name their schema (with the
- * search_path a role or database sets, `s.t` was written as `t` and read back as whatever `t`
- * the target's search_path finds).
- */
+/** The session settings of postgres.js connections (connect.ts SESSION_SETTINGS). */
 const SESSION_ENV: Record<string, string> = {
-  PGOPTIONS: pgOptions({ ...SESSION_SETTINGS, search_path: "" }),
+  PGOPTIONS: pgOptions(SESSION_SETTINGS),
   PGCLIENTENCODING: "UTF8",
 };
 
