@@ -739,6 +739,60 @@ Deno.test("a table rewritten between the backup's snapshot and its lock fails th
   });
 });
 
+Deno.test("a session waiting to lock a table the backup holds fails the backup instead of hanging it", async () => {
+  await withPg(async (pg) => {
+    const repo = await tempRepo();
+    const sql = postgres({
+      host: pg.socketDir,
+      port: pg.port,
+      user: "postgres",
+      database: "big",
+      max: 1,
+      onnotice: () => {},
+    });
+    try {
+      // big's 70 chunks come first (largest first); t's come last.
+      await loadWide(pg, "big", 200_000);
+      await pg.psql(
+        `CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;`,
+        { db: "big" },
+      );
+      const backup = cli(nativeBackupArgs(repo, "big", "1m"), { env: pgEnv(pg) });
+      const files = async () => {
+        const [id] = await setDirs(repo);
+        return id ? [...Deno.readDirSync(`${repo}/${id}`)].map((e) => e.name) : [];
+      };
+      // Once pg_dump has its schema (and let go of its own locks), a TRUNCATE of t waits for
+      // the leader's lock; the COPY of t would wait behind it.
+      await waitFor(
+        "the schema dump",
+        async () => (await files()).some((f) => /-schema\.pgdump/.test(f) && !/\.tmp/.test(f)),
+      );
+      const truncate = sql.unsafe("TRUNCATE t");
+      truncate.catch(() => {});
+      await waitFor(
+        "the TRUNCATE to wait for its lock",
+        async () => await q(pg, "SELECT count(*) FROM pg_locks WHERE NOT granted", "big") === "1",
+      );
+      const tableIndex = (await files()).length; // only for the message below
+      const res = await backup;
+      assert.equal(res.code, 1, `${res.stderr} (${tableIndex} files when TRUNCATE queued)`);
+      assert.match(
+        res.stderr,
+        /another session is waiting for a lock on table public\.t of "big" that conflicts/,
+      );
+      for (const id of await setDirs(repo)) {
+        assert.notEqual((await readManifest(repo, id).catch(() => undefined))?.status, "complete");
+      }
+      await truncate;
+    } finally {
+      await sql.end();
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});
+
 Deno.test("a native backup killed with SIGKILL is continued by --resume", async () => {
   await withTwoPg(async (a, b) => {
     const repo = await tempRepo();

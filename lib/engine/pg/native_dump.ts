@@ -234,6 +234,9 @@ async function dumpSchema(
   );
   const child = startDatabaseDump(o.pgDump, o.target, o.database, signal, [
     `--snapshot=${snapshot.id}`,
+    // Its locks on the tables the leader holds wait only behind a session that waits for the
+    // leader (see dumpChunks): fail after a minute instead of waiting for ever.
+    "--lock-wait-timeout=60s",
     ...excludes,
   ]);
   let file: FileRecord;
@@ -321,6 +324,11 @@ async function dumpChunks(
     const child = spawnPsql(o.psql, o.target, o.database, [
       "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
       `SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshot.id)}`,
+      // The leader holds this lock already, so it is refused only when another session waits
+      // for a lock that conflicts with it (ALTER TABLE, TRUNCATE, ...): that session waits for
+      // the leader, and without NOWAIT this COPY would queue behind it, for ever (a wait the
+      // server cannot see as a deadlock). pg_dump's workers do the same.
+      `LOCK TABLE ${qualified} IN ACCESS SHARE MODE NOWAIT`,
       ...(counted ? [] : ["\\set QUIET off"]),
       copy,
       "COMMIT",
@@ -365,6 +373,15 @@ async function dumpChunks(
         await copyOne(job);
       } catch (err) {
         if (signal.aborted) return;
+        if (/could not obtain lock on relation/.test(errorMessage(err))) {
+          const t = plan.tables[job.table];
+          failure ??= new DbBackupError(
+            "backup_failed",
+            `another session is waiting for a lock on table ${t.schema}.${t.name} of "${o.database}" that conflicts with the backup's (ALTER TABLE, TRUNCATE, LOCK, ...): it waits for the backup to end, and the backup would wait for it; run the backup again once that session is done`,
+            { cause: err },
+          );
+          return;
+        }
         // A chunk that failed (connection reset, backend killed) is tried again on a new
         // connection that imports the same snapshot, while the leader still holds it.
         if (job.attempts < CHUNK_ATTEMPTS && worthRetrying(err)) {
