@@ -328,7 +328,7 @@ async function dumpChunks(
       // for a lock that conflicts with it (ALTER TABLE, TRUNCATE, ...): that session waits for
       // the leader, and without NOWAIT this COPY would queue behind it, for ever (a wait the
       // server cannot see as a deadlock). pg_dump's workers do the same.
-      `LOCK TABLE ${qualified} IN ACCESS SHARE MODE NOWAIT`,
+      `LOCK TABLE ONLY ${qualified} IN ACCESS SHARE MODE NOWAIT`,
       ...(counted ? [] : ["\\set QUIET off"]),
       copy,
       "COMMIT",
