@@ -512,6 +512,24 @@ for (const engine of ENGINES) {
             );
           },
         );
+
+        await t.step(
+          "--clean of a partition alone is refused: it would take the partition out of app.events",
+          async () => {
+            const before = await snapshotDatabase(src, SOURCE_DB);
+            const r = await restore(src, ["--table", "app.events_2025", "--clean"], ["--yes"]);
+            assert.equal(r.code, 1, r.stdout + r.stderr);
+            assert.match(r.stderr, /--clean would take app\.events_2025 out of app\.events /);
+            assertSameSnapshot(await snapshotDatabase(src, SOURCE_DB), before, "nothing changed");
+            assert.equal(
+              await q(
+                src,
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.events'::regclass",
+              ),
+              "2",
+            );
+          },
+        );
       } finally {
         await Deno.remove(repo, { recursive: true });
       }

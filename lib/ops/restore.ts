@@ -363,6 +363,8 @@ async function refuseUncleanable(
  * --clean drops each chosen table the target has, and dropping a partitioned table drops its
  * partitions, rows and all (as with pg_restore --clean -t): refused when the target has a
  * partition of one that the restore does not bring back (one created after the backup, say).
+ * Dropping a partition takes it and its rows out of its partitioned table, and it came back as a
+ * table of its own: refused when that partitioned table is not restored too.
  */
 async function refuseToDropPartitions(
   opts: RestoreOptions,
@@ -392,9 +394,33 @@ async function refuseToDropPartitions(
          WHERE c.relispartition
          ORDER BY 1, 2`,
   );
-  const lost = partitions.filter((p) =>
-    !restored.some((t) => t.schema === p.schema && t.name === p.name)
+  const isRestored = (p: TableRef) =>
+    restored.some((t) => t.schema === p.schema && t.name === p.name);
+  const lost = partitions.filter((p) => !isRestored(p));
+  const parents = await opts.target.withSql(
+    target,
+    `${action}: cannot inspect database "${target}"`,
+    async (sql) =>
+      await sql<{ schema: string; name: string; pschema: string; pname: string }[]>`
+        SELECT n.nspname AS schema, c.relname AS name,
+               pn.nspname AS pschema, p.relname AS pname
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_inherits i ON i.inhrelid = c.oid
+          JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         WHERE c.relispartition AND (n.nspname, c.relname) IN (
+             SELECT * FROM unnest(${existing.map((t) => t.schema)}::text[],
+                                  ${existing.map((t) => t.name)}::text[]))
+         ORDER BY 1, 2`,
   );
+  const detached = parents.filter((p) => !isRestored({ schema: p.pschema, name: p.pname }));
+  if (detached.length > 0) {
+    throw new DbBackupError(
+      "refused",
+      `${action}: --clean would take ${
+        detached.map((p) => `${p.schema}.${p.name} out of ${p.pschema}.${p.pname}`).join(", ")
+      } in database "${target}" (a dropped partition leaves its partitioned table with its rows, and would come back as a table of its own); restore the partitioned table instead, or detach the partition first`,
+    );
+  }
   if (lost.length > 0) {
     throw new DbBackupError(
       "refused",
