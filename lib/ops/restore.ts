@@ -633,16 +633,30 @@ async function executeRestore(
   if (plan.globals) {
     const started = performance.now();
     try {
+      const roles = await opts.target.withSql(
+        "postgres",
+        `cannot list the roles at ${opts.target.endpoint}`,
+        async (sql) =>
+          (await sql<
+            { name: string }[]
+          >`SELECT rolname AS name FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1`)
+            .map((r) => r.name),
+      );
       const tolerated = await restoreGlobalsScript(
         tools.psql,
         opts.target,
         await opts.repo.openFile(plan.setId, plan.globals),
+        roles,
         opts.signal,
       );
-      parts.push({ part: "globals", status: "ok", notes: tolerated });
-      for (const t of tolerated) {
-        opts.reporter.event({ type: "step", part: "globals", message: `kept existing: ${t}` });
-      }
+      const notes = [
+        ...(roles.length > 0
+          ? [`kept the roles the server had, as they were: ${roles.join(", ")}`]
+          : []),
+        ...tolerated.map((t) => `kept existing: ${t}`),
+      ];
+      parts.push({ part: "globals", status: "ok", notes });
+      for (const message of notes) opts.reporter.event({ type: "step", part: "globals", message });
       reportPart(opts, "globals", started);
     } catch (err) {
       if (opts.signal?.aborted) throw err;
