@@ -622,3 +622,39 @@ Deno.test("restore cluster keeps a role the target already has as it is, passwor
     }
   });
 });
+
+for (const engine of ENGINES) {
+  Deno.test(`restore cluster (${engine}) into a server with an empty database of the same name gives it the backup's owner, settings, comment and privileges`, async () => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await a.psql(
+          `CREATE ROLE alice; CREATE ROLE bob;
+           CREATE DATABASE app OWNER alice CONNECTION LIMIT 9;
+           REVOKE ALL ON DATABASE app FROM PUBLIC; GRANT CONNECT ON DATABASE app TO bob;
+           ALTER DATABASE app SET work_mem = '7MB'; COMMENT ON DATABASE app IS 'the app';`,
+        );
+        await a.psql("CREATE TABLE x (i int); INSERT INTO x VALUES (1), (2)", { db: "app" });
+        const before = await snapshotDatabase(a, "app");
+        const r = await dbbackup(["--repo", repo, "backup", "cluster", "--engine", engine], {
+          env: pgEnv(a),
+        });
+        assert.equal(r.code, 0, r.stderr);
+        await b.psql("CREATE DATABASE app");
+        const unconfirmed = await dbbackup(["--repo", repo, "restore", "cluster", "latest"], {
+          env: pgEnv(b),
+        });
+        assert.equal(unconfirmed.code, 2, unconfirmed.stderr);
+        assert.match(unconfirmed.stderr, /drop and recreate database "app" \(0 objects now\)/);
+        const res = await dbbackup(["--repo", repo, "--yes", "restore", "cluster", "latest"], {
+          env: pgEnv(b),
+        });
+        assert.equal(res.code, 0, res.stderr);
+        assertSameSnapshot(await snapshotDatabase(b, "app"), before, "app");
+        assert.equal(await databaseDefinition(b, "app"), await databaseDefinition(a, "app"));
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

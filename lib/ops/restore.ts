@@ -268,8 +268,12 @@ export async function planRestore(opts: RestoreOptions): Promise<RestorePlan> {
         `${action}: cannot inspect database "${target}"`,
         countUserObjects,
       );
-      if (existingObjects === 0) act = "into-empty";
-      else if (!opts.clean) {
+      // An empty database is filled as it is; but a cluster restore creates each database from
+      // the archive, with its owner, settings, comment and privileges, which filling it left
+      // out: the empty one is dropped first (the maintenance database cannot be).
+      if (existingObjects === 0) {
+        act = opts.kind === "cluster" && target !== "postgres" ? "drop-and-create" : "into-empty";
+      } else if (!opts.clean) {
         throw new DbBackupError(
           "refused",
           `${action}: database "${target}" at ${opts.target.endpoint} is not empty (${existingObjects} objects); add --clean to replace its objects`,
