@@ -658,3 +658,35 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+for (const engine of ENGINES) {
+  Deno.test(`backup cluster (${engine}) keeps a template database of the user's and says which databases it cannot back up`, async () => {
+    await withTwoPg(async (a, b) => {
+      const repo = await tempRepo();
+      try {
+        await a.createDatabase("tpl");
+        await a.psql("CREATE TABLE y (i int); INSERT INTO y VALUES (1), (2)", { db: "tpl" });
+        await a.psql("ALTER DATABASE tpl IS_TEMPLATE true");
+        await a.psql("CREATE DATABASE closed; ALTER DATABASE closed ALLOW_CONNECTIONS false");
+        const before = await snapshotDatabase(a, "tpl");
+        const r = await dbbackup(["--repo", repo, "backup", "cluster", "--engine", engine], {
+          env: pgEnv(a),
+        });
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /"tpl": ok/);
+        assert.match(r.stdout, /skipped "closed": does not allow connections/);
+        const res = await dbbackup(["--repo", repo, "restore", "cluster", "latest"], {
+          env: pgEnv(b),
+        });
+        assert.equal(res.code, 0, res.stderr);
+        assertSameSnapshot(await snapshotDatabase(b, "tpl"), before, "tpl");
+        assert.equal(
+          await q(b, "SELECT datistemplate FROM pg_database WHERE datname = 'tpl'"),
+          "t",
+        );
+      } finally {
+        await Deno.remove(repo, { recursive: true });
+      }
+    });
+  });
+}

@@ -223,6 +223,10 @@ function printResult(
   const failed = m.databases.filter((d) => d.status === "failed");
   if (quiet && failed.length === 0 && m.globals?.status !== "failed" && !pruneError) return;
   const lines = [`backup ${m.id}: ${m.status}`];
+  // Left out for a reason the user did not give: said with every run, not only --dry-run.
+  for (const s of p.skipped.filter((s) => s.reason === "does not allow connections")) {
+    lines.push(`  skipped "${s.name}": ${s.reason}`);
+  }
   if (m.globals) {
     lines.push(`  globals: ${m.globals.status}${m.globals.error ? ` (${m.globals.error})` : ""}`);
   }

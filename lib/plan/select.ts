@@ -25,7 +25,7 @@ export interface Selection {
 }
 
 /**
- * Every connectable non-template database, narrowed by `includes` (any match keeps it; none
+ * Every connectable database but template0 and template1, narrowed by `includes` (any match keeps it; none
  * given keeps all) and then `excludes` (any match drops it).
  */
 export function selectDatabases(
@@ -36,8 +36,11 @@ export function selectDatabases(
   const selected: string[] = [];
   const skipped: { name: string; reason: string }[] = [];
   for (const db of databases) {
-    if (db.isTemplate) skipped.push({ name: db.name, reason: "template database" });
-    else if (!db.allowConnections) {
+    // The server's own templates; a template database of the user's holds data like any other
+    // (pg_dumpall dumps it too).
+    if (db.name === "template0" || db.name === "template1") {
+      skipped.push({ name: db.name, reason: "template database of the server" });
+    } else if (!db.allowConnections) {
       skipped.push({ name: db.name, reason: "does not allow connections" });
     } else if (includes.length > 0 && !includes.some((p) => globMatch(p, db.name))) {
       skipped.push({ name: db.name, reason: "not matched by --include" });

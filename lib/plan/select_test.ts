@@ -19,7 +19,7 @@ Deno.test("globMatch matches whole names with * and ?", () => {
   }
 });
 
-Deno.test("selectDatabases skips templates and unconnectable databases, then applies filters", () => {
+Deno.test("selectDatabases skips the server's templates and unconnectable databases, then applies filters", () => {
   const dbs = [
     { name: "postgres", isTemplate: false, allowConnections: true },
     { name: "template0", isTemplate: true, allowConnections: false },
@@ -27,10 +27,20 @@ Deno.test("selectDatabases skips templates and unconnectable databases, then app
     { name: "shop", isTemplate: false, allowConnections: true },
     { name: "shop_test", isTemplate: false, allowConnections: true },
     { name: "closed", isTemplate: false, allowConnections: false },
+    { name: "shop_template", isTemplate: true, allowConnections: true },
   ];
-  assert.deepEqual(selectDatabases(dbs, [], []).selected, ["postgres", "shop", "shop_test"]);
-  assert.deepEqual(selectDatabases(dbs, ["shop*"], []).selected, ["shop", "shop_test"]);
-  assert.deepEqual(selectDatabases(dbs, ["shop*"], ["*_test"]).selected, ["shop"]);
+  assert.deepEqual(selectDatabases(dbs, [], []).selected, [
+    "postgres",
+    "shop",
+    "shop_test",
+    "shop_template",
+  ]);
+  assert.deepEqual(selectDatabases(dbs, ["shop*"], []).selected, [
+    "shop",
+    "shop_test",
+    "shop_template",
+  ]);
+  assert.deepEqual(selectDatabases(dbs, ["shop*"], ["*_te*"]).selected, ["shop"]);
   const sel = selectDatabases(dbs, [], ["postgres"]);
   assert.deepEqual(sel.skipped.find((s) => s.name === "postgres")?.reason, "matched by --exclude");
   assert.deepEqual(
