@@ -1196,3 +1196,30 @@ Deno.test("a native restore killed with SIGKILL mid-table leaves no rows of that
     }
   });
 });
+
+Deno.test("a database with standard_conforming_strings off and a column name ending in a backslash backs up and restores identically", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      await a.createDatabase("scs");
+      await a.psql(
+        `CREATE TABLE "odd\\" ("col\\" text, id int);
+         INSERT INTO "odd\\" SELECT 'v\\' || g || repeat('x', 40), g FROM generate_series(1, 20000) g;`,
+        { db: "scs" },
+      );
+      // (Before the setting: the schema dump the snapshot compares shows it in its header.)
+      const before = await snapshotDatabase(a, "scs");
+      await a.psql("ALTER DATABASE scs SET standard_conforming_strings = off");
+      const id = await backUpNative(a, repo, "scs");
+      const odd = (await readManifest(repo, id)).databases[0].native.tables.find((t) =>
+        t.name === "odd\\"
+      );
+      assert.ok(odd && odd.chunks.length > 1, "odd\\ is split into chunks");
+      const res = await restoreCreate(b, repo, id);
+      assert.equal(res.code, 0, res.stderr);
+      assertSameSnapshot(await snapshotDatabase(b, "scs"), before, "scs after restore");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

@@ -212,7 +212,10 @@ export class PgTarget {
  *   queries find the catalog's own functions;
  * - with array_nulls off, an unquoted NULL array element is read as the string "NULL";
  * - money is written and read in lc_monetary's format: in another locale `$ 12,34` was read back
- *   by a target in C as 1234.
+ *   by a target in C as 1234;
+ * - string literals (quoteLiteral) are written for standard_conforming_strings on, and psql's
+ *   \copy reads a quoted name by the server's setting (off: a name ending in a backslash broke
+ *   the command).
  */
 export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
   DateStyle: "ISO",
@@ -227,6 +230,7 @@ export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
   search_path: "pg_catalog",
   array_nulls: "on",
   lc_monetary: "C",
+  standard_conforming_strings: "on",
 };
 
 /** `settings` as libpq's PGOPTIONS ("-c name=value ..."; no value here holds a space). */
