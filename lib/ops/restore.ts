@@ -637,25 +637,46 @@ async function executeRestore(
   if (plan.globals) {
     const started = performance.now();
     try {
-      const roles = await opts.target.withSql(
+      // pg_dumpall's script sets the attributes, password and settings of every role it has,
+      // also of those the server has already (their CREATE ROLE fails and is tolerated). That is
+      // said plainly; only the role running the restore keeps its password, so that the restore
+      // cannot lock it out. (Leaving an existing role's lines out of the script line by line was
+      // tried and undone: a value spanning lines left the rest of its statement to run as SQL.)
+      const before = await opts.target.withSql(
         "postgres",
-        `cannot list the roles at ${opts.target.endpoint}`,
-        async (sql) =>
-          (await sql<
-            { name: string }[]
-          >`SELECT rolname AS name FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1`)
+        `cannot read the roles at ${opts.target.endpoint}`,
+        async (sql) => ({
+          roles: (await sql<{ name: string }[]>`
+            SELECT rolname AS name FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1`)
             .map((r) => r.name),
+          self: (await sql<{ name: string; password: string | null }[]>`
+            SELECT rolname AS name, rolpassword AS password FROM pg_authid
+             WHERE rolname = current_user`)[0],
+        }),
       );
       const tolerated = await restoreGlobalsScript(
         tools.psql,
         opts.target,
         await opts.repo.openFile(plan.setId, plan.globals),
-        roles,
         opts.signal,
       );
+      await opts.target.withSql(
+        "postgres",
+        `cannot set the password of role "${before.self.name}" back at ${opts.target.endpoint}`,
+        (sql) =>
+          sql.unsafe(
+            `ALTER ROLE ${quoteIdent(before.self.name)} PASSWORD ${
+              before.self.password === null ? "NULL" : quoteLiteral(before.self.password)
+            }`,
+          ),
+      );
       const notes = [
-        ...(roles.length > 0
-          ? [`kept the roles the server had, as they were: ${roles.join(", ")}`]
+        ...(before.roles.length > 0
+          ? [
+            `roles the server had already, given the backup's attributes, password and settings where the backup has them (but the password of "${before.self.name}", which runs the restore): ${
+              before.roles.join(", ")
+            }`,
+          ]
           : []),
         ...tolerated.map((t) => `kept existing: ${t}`),
       ];

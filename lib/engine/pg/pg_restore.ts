@@ -1,7 +1,7 @@
 /** pg_restore and psql as children fed from a verified, decompressing stream. */
 import { DbBackupError } from "../../errors.ts";
 import { type ChildHandle, feedChild, spawn } from "../../process/run.ts";
-import { dbnameConninfo, type PgTarget, quoteIdent } from "./connect.ts";
+import { dbnameConninfo, type PgTarget } from "./connect.ts";
 import type { PgTool } from "./tools.ts";
 import { writeDataOffsets } from "./archive_offsets.ts";
 
@@ -101,19 +101,14 @@ export async function withListFile<T>(list: string, fn: (path: string) => Promis
 }
 
 /**
- * Runs a globals script (pg_dumpall --globals-only) through psql. A role the target has already
- * is kept as it is: the script's lines that create it or set its attributes, password, settings
- * or comment are left out (pg_dumpall writes each on a line of its own), and only memberships
- * are added. (Its CREATE ROLE failed and was reported as kept, but the ALTER ROLE ... PASSWORD
- * after it ran, and the restoring role's own password could change.) Other objects that already
- * exist (SQLSTATE 42710: a tablespace) are not an error; any other error is. Returns the
- * tolerated messages.
+ * Runs a globals script (pg_dumpall --globals-only) through psql. Objects that already exist
+ * (SQLSTATE 42710, e.g. the role running the restore) are not an error; any other error is.
+ * Returns the tolerated messages.
  */
 export async function restoreGlobalsScript(
   psql: PgTool,
   target: PgTarget,
   input: ReadableStream<Uint8Array>,
-  existingRoles: readonly string[],
   signal?: AbortSignal,
 ): Promise<string[]> {
   const errors: string[] = [];
@@ -142,7 +137,7 @@ export async function restoreGlobalsScript(
       for (const line of lines) if (/ERROR:/.test(line)) errors.push(line.trim());
     },
   });
-  await feedAndWait(child, input.pipeThrough(withoutLinesStarting(roleLines(existingRoles))));
+  await feedAndWait(child, input);
   if (/ERROR:/.test(pending)) errors.push(pending.trim());
   const tolerated = errors.filter((e) => /ERROR:\s+42710:/.test(e));
   const fatal = errors.filter((e) => !/ERROR:\s+42710:/.test(e));
@@ -153,49 +148,6 @@ export async function restoreGlobalsScript(
     );
   }
   return tolerated;
-}
-
-/** The starts of the lines of a pg_dumpall script that create or change `roles`. */
-function roleLines(roles: readonly string[]): string[] {
-  return roles.flatMap((role) => {
-    // pg_dumpall quotes a name only where it must: a plain lower-case one may come either way.
-    const names = [quoteIdent(role), ...(/^[a-z_][a-z0-9_$]*$/.test(role) ? [role] : [])];
-    return names.flatMap((n) => [
-      `CREATE ROLE ${n};`,
-      `ALTER ROLE ${n} WITH `,
-      `ALTER ROLE ${n} SET `,
-      `ALTER ROLE ${n} IN DATABASE `,
-      `COMMENT ON ROLE ${n} IS `,
-    ]);
-  });
-}
-
-/**
- * Leaves out of a text stream the lines that start with one of `starts`; every other line passes
- * byte for byte (the script's encoding is whatever the source cluster's is).
- */
-function withoutLinesStarting(starts: readonly string[]): TransformStream<Uint8Array, Uint8Array> {
-  const prefixes = starts.map((p) => new TextEncoder().encode(p));
-  let rest = new Uint8Array(0);
-  const dropped = (line: Uint8Array) =>
-    prefixes.some((p) => p.length <= line.length && p.every((b, i) => line[i] === b));
-  return new TransformStream({
-    transform(chunk, controller) {
-      const data = new Uint8Array(rest.length + chunk.length);
-      data.set(rest);
-      data.set(chunk, rest.length);
-      let start = 0;
-      for (let nl = data.indexOf(10); nl >= 0; nl = data.indexOf(10, start)) {
-        const line = data.subarray(start, nl + 1);
-        if (!dropped(line)) controller.enqueue(line.slice());
-        start = nl + 1;
-      }
-      rest = data.slice(start);
-    },
-    flush(controller) {
-      if (rest.length > 0 && !dropped(rest)) controller.enqueue(rest);
-    },
-  });
 }
 
 /** Feeds the child and awaits it; the input's own error (a checksum) explains more. */
