@@ -687,3 +687,42 @@ Deno.test("restore cluster gives existing roles the backup's attributes, keeps t
     }
   });
 });
+
+Deno.test("a native restore --clean whose database cannot be created again as it was puts the old one back", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      // The owner restores its own database; a setting for another role in it is one only a
+      // superuser may make again.
+      await a.psql(
+        `CREATE ROLE owner LOGIN CREATEDB; CREATE ROLE other LOGIN;
+         CREATE DATABASE app OWNER owner;
+         ALTER ROLE other IN DATABASE app SET work_mem = '8MB';`,
+      );
+      await a.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)", {
+        db: "app",
+        user: "owner",
+      });
+      const env = pgEnv(a, { PGUSER: "owner" });
+      const r = await dbbackup(["--repo", repo, "backup", "single", "app", "--engine", "native"], {
+        env,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      await a.psql("INSERT INTO t SELECT generate_series(101, 150)", { db: "app", user: "owner" });
+      const before = await snapshotDatabase(a, "app");
+      const databases = "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database";
+      const names = await q(a, databases);
+      const res = await dbbackup(
+        ["--repo", repo, "--yes", "restore", "single", "latest", "--clean"],
+        { env },
+      );
+      assert.equal(res.code, 1, res.stderr);
+      assert.match(res.stderr, /permission denied/);
+      assert.match(res.stderr, /database "app" is as it was before this restore/);
+      assertSameSnapshot(await snapshotDatabase(a, "app"), before, "app put back");
+      assert.equal(await q(a, databases), names, "no database left behind");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

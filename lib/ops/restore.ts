@@ -983,7 +983,9 @@ async function recreateDatabase(
         }),
     );
   } catch (err) {
-    await renameDatabase(opts.target, aside, db.target).catch(() => {});
+    // pg_restore may have created the database before it failed (a setting the restoring role
+    // may not make): that one goes, the old one comes back.
+    await putBack(opts, db.target, aside);
     throw err;
   }
   return aside;
