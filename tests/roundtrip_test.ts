@@ -726,3 +726,33 @@ Deno.test("a native restore --clean whose database cannot be created again as it
     }
   });
 });
+
+Deno.test("a native restore --clean of a template database leaves no copy behind", async () => {
+  await withPg(async (a) => {
+    const repo = await tempRepo();
+    try {
+      await loadWide(a, "tpl", 3000);
+      await a.psql("ALTER DATABASE tpl IS_TEMPLATE true");
+      const before = await snapshotDatabase(a, "tpl");
+      const r = await dbbackup(
+        ["--repo", repo, "backup", "single", "tpl", "--engine", "native", "--chunk-size", "64k"],
+        { env: pgEnv(a) },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      await a.psql("DELETE FROM wide WHERE id % 2 = 0", { db: "tpl" });
+      const databases = "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database";
+      const names = await q(a, databases);
+      const res = await dbbackup(
+        ["--repo", repo, "--yes", "restore", "single", "latest", "--clean"],
+        { env: pgEnv(a) },
+      );
+      assert.equal(res.code, 0, res.stderr);
+      assert.doesNotMatch(res.stderr, /could not be dropped/);
+      assertSameSnapshot(await snapshotDatabase(a, "tpl"), before, "tpl as backed up");
+      assert.equal(await q(a, databases), names, "no database left behind");
+      assert.equal(await q(a, "SELECT datistemplate FROM pg_database WHERE datname = 'tpl'"), "t");
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

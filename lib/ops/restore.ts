@@ -752,7 +752,7 @@ async function restoreDatabase(
     throw err;
   }
   if (aside) {
-    await dropDatabase(opts.target, aside).catch((err) =>
+    await dropDatabase(opts.target, aside, { template: true }).catch((err) =>
       opts.reporter.event({
         type: "warning",
         message:
@@ -767,7 +767,7 @@ async function restoreDatabase(
 /** After a failed restore: the half-restored database is dropped, `aside` renamed back. */
 async function putBack(opts: RestoreOptions, name: string, aside: string): Promise<void> {
   try {
-    await dropDatabase(opts.target, name);
+    await dropDatabase(opts.target, name, { template: true });
     await renameDatabase(opts.target, aside, name);
     opts.reporter.event({
       type: "warning",
@@ -920,11 +920,29 @@ function spoolAllowed(opts: RestoreOptions, plan: RestorePlan): boolean {
   return !plan.manifest.encryption && opts.repo.storage.features.directories;
 }
 
-async function dropDatabase(target: PgTarget, name: string): Promise<void> {
+/**
+ * DROP DATABASE IF EXISTS. With `template`, a template database too (one that a native --clean
+ * set aside or created again as a template: "cannot drop a template database" left a full copy
+ * behind, or a half-restored template in place).
+ */
+async function dropDatabase(
+  target: PgTarget,
+  name: string,
+  options: { template?: boolean } = {},
+): Promise<void> {
   await target.withSql(
     "postgres",
     `cannot drop database "${name}" at ${target.endpoint}`,
-    (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}`),
+    async (sql) => {
+      if (options.template) {
+        const [found] = await sql<{ template: boolean }[]>`
+          SELECT datistemplate AS template FROM pg_database WHERE datname = ${name}`;
+        if (found?.template) {
+          await sql.unsafe(`ALTER DATABASE ${quoteIdent(name)} IS_TEMPLATE false`);
+        }
+      }
+      await sql.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)}`);
+    },
   );
 }
 
