@@ -34,7 +34,9 @@ export function verifyCommand(cli: CliEnv, setExit: (code: number) => void) {
         ...bad.map((f) => `  ${f.path}: ${f.problem}`),
         ...(report.note ? [`  note: ${report.note}`] : []),
         ...(report.snapshots && report.snapshots > 1
-          ? [`  note: a resumed backup: its data spans ${report.snapshots} snapshots`]
+          ? [
+            `  note: a resumed backup: its data spans ${report.snapshots} snapshots (a table written to between the runs can have rows missing or twice)`,
+          ]
           : []),
       ];
       writeOut(lines.join("\n") + "\n");

@@ -141,7 +141,7 @@ async function restoreLocked(opts: RestoreOptions): Promise<RestoreResult> {
     opts.reporter.event({
       type: "warning",
       message:
-        `backup ${plan.setId} was resumed: its data spans ${snapshots} snapshots, so tables dumped after the interruption come from a later moment than the others`,
+        `backup ${plan.setId} was resumed: its data spans ${snapshots} snapshots. A table written to between the runs can have rows missing or twice (its chunks can come from both), and the schema and sequence values are those of the first run; where that matters, restore a backup that was not resumed`,
     });
   }
   if (opts.dryRun) return { plan, status: "dry-run", parts: [] };
