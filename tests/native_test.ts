@@ -1223,3 +1223,24 @@ Deno.test("a database with standard_conforming_strings off and a column name end
     }
   });
 });
+
+Deno.test("--resume refuses a set whose interrupted run read another server", async () => {
+  await withTwoPg(async (a, b) => {
+    const repo = await tempRepo();
+    try {
+      // The same database and tables on both servers (the same oids, too).
+      await loadWide(a, "shop", 8_000);
+      await loadWide(b, "shop", 8_000);
+      const args = nativeBackupArgs(repo, "shop", "128k");
+      const { id } = await backupKilledAfter(repo, args, pgEnv(a), 2);
+      const other = await cli([...args, "--resume"], { env: pgEnv(b) });
+      assert.equal(other.code, 1, other.stderr);
+      assert.match(other.stderr, /the interrupted run read another server/);
+      assert.ok(!(await exists(`${repo}/${id}/manifest.json`)), "the set is still open");
+      const own = await cli([...args, "--resume"], { env: pgEnv(a) });
+      assert.equal(own.code, 0, own.stderr);
+    } finally {
+      await Deno.remove(repo, { recursive: true });
+    }
+  });
+});

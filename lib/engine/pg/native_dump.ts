@@ -76,6 +76,11 @@ interface PlanState {
   skipped: { table: string; reason: string }[];
   /** The encoding the chunks are written in (absent in plans of older versions: UTF8). */
   encoding?: string;
+  /**
+   * The server the plan was made on: its system identifier where the role may read it, else
+   * its endpoint (absent in plans of older versions).
+   */
+  server?: string;
 }
 
 /** What a published file looked like, with the snapshot its data came from. */
@@ -120,7 +125,14 @@ export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDu
             "read as empty, so nothing was dumped; run the backup again",
         );
       }
-      const plan = await loadOrMakePlan(o, listing.tables, listing.skipped, listing.encoding);
+      const server = await serverIdentity(leader, o.target.endpoint);
+      const plan = await loadOrMakePlan(
+        o,
+        listing.tables,
+        listing.skipped,
+        listing.encoding,
+        server,
+      );
       const states = o.resume ? await o.set.readStates(`${o.prefix}.`) : new Map();
       const progress = new ByteProgress(o.reporter, o.part);
 
@@ -154,6 +166,21 @@ export async function dumpDatabaseNative(o: NativeDumpOptions): Promise<NativeDu
   }
 }
 
+/** The server's system identifier, or where the role may not read it, the endpoint. */
+async function serverIdentity(leader: Sql, endpoint: string): Promise<string> {
+  try {
+    await leader.unsafe("SAVEPOINT dbbackup_identity");
+    const [row] = await leader.unsafe<{ id: string }[]>(
+      "SELECT system_identifier::text AS id FROM pg_catalog.pg_control_system()",
+    );
+    await leader.unsafe("RELEASE SAVEPOINT dbbackup_identity");
+    return `system ${row.id}`;
+  } catch {
+    await leader.unsafe("ROLLBACK TO SAVEPOINT dbbackup_identity");
+    return `endpoint ${endpoint}`;
+  }
+}
+
 /** Takes ACCESS SHARE locks so no table is dropped, altered or truncated during the dump. */
 async function lockTables(leader: Sql, tables: readonly DataTable[]): Promise<void> {
   for (let i = 0; i < tables.length; i += 500) {
@@ -167,6 +194,7 @@ async function loadOrMakePlan(
   tables: DataTable[],
   skipped: PlanState["skipped"],
   encoding: string,
+  server: string,
 ): Promise<PlanState> {
   const fingerprint = tablesFingerprint(tables);
   const planName = `${o.prefix}.plan`;
@@ -178,6 +206,14 @@ async function loadOrMakePlan(
         throw new DbBackupError(
           "refused",
           `cannot resume backup ${o.set.id} with "${o.database}": its ${o.prefix} is "${previous.database}"; start a new backup`,
+        );
+      }
+      // Another server with the same database and tables (a resume pointed elsewhere, or a
+      // cluster backup by host name): its chunks would be mixed with this one's.
+      if (previous.server !== undefined && previous.server !== server) {
+        throw new DbBackupError(
+          "refused",
+          `cannot resume backup ${o.set.id} of "${o.database}": the interrupted run read another server (${previous.server}, now ${server}); start a new backup`,
         );
       }
       if (previous.fingerprint !== fingerprint) {
@@ -202,6 +238,7 @@ async function loadOrMakePlan(
   const native = tables.filter((t) => t.bytes >= small && patternsMatch(t));
   const plan: PlanState = {
     database: o.database,
+    server,
     fingerprint,
     skipped,
     encoding,
