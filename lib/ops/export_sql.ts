@@ -73,6 +73,15 @@ async function exportSqlLocked(opts: ExportSqlOptions): Promise<ExportSqlResult>
       const archive = fileOf(db, db.files.find((f) => f.content === "pg_dump-custom")?.path);
       await archiveToSql(opts, setId, archive, pgRestore, writer);
     }
+  } catch (err) {
+    // What was written so far (a pipe into psql has taken it already) ends in a statement that
+    // fails, whatever psql's own settings: the script is never taken as complete. (A chunk
+    // that did not verify had its data before it loaded, and psql exited 0.) First the end of
+    // a COPY under way, then an error that stops psql.
+    await text(
+      `\n\\.\n\\set ON_ERROR_STOP on\nDO $dbbackup$ BEGIN RAISE EXCEPTION 'dbbackup export-sql failed: this script is incomplete'; END $dbbackup$;\n`,
+    ).catch(() => {});
+    throw err;
   } finally {
     writer.releaseLock();
   }
