@@ -7,7 +7,7 @@ import { DbBackupError } from "../errors.ts";
 import { feedChild, spawn } from "../process/run.ts";
 import { copyFromStdin } from "../engine/pg/native_restore.ts";
 import { findTool, type PgTool } from "../engine/pg/tools.ts";
-import type { DatabaseRecord, FileRecord } from "../repo/manifest.ts";
+import { type DatabaseRecord, fileOf, type FileRecord } from "../repo/manifest.ts";
 import type { Repository } from "../repo/repository.ts";
 import { withSharedLock } from "../repo/lock.ts";
 
@@ -133,12 +133,4 @@ async function archiveToSql(
     for await (const chunk of child.stdout) await writer.write(chunk);
   })();
   await Promise.all([input, output, child.status]);
-}
-
-function fileOf(db: DatabaseRecord, path: string | undefined): FileRecord {
-  const f = db.files.find((x) => x.path === path);
-  if (!f) {
-    throw new DbBackupError("verification", `manifest of "${db.name}" lists no file ${path}`);
-  }
-  return f;
 }

@@ -377,16 +377,18 @@ async function refuseToDropPartitions(
   existing: readonly TableRef[],
   restored: readonly TableRef[],
 ): Promise<void> {
-  const partitions = await opts.target.withSql(
+  // Below the chosen tables: their partitions, at any depth; above: the partitioned table of
+  // each chosen one that is a partition.
+  const { partitions, parents } = await opts.target.withSql(
     target,
     `${action}: cannot inspect database "${target}"`,
-    async (sql) =>
-      await sql<{ schema: string; name: string }[]>`
+    async (sql) => {
+      const schemas = existing.map((t) => t.schema);
+      const names = existing.map((t) => t.name);
+      const partitions = await sql<{ schema: string; name: string }[]>`
         WITH RECURSIVE chosen AS (
           SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE (n.nspname, c.relname) IN (
-             SELECT * FROM unnest(${existing.map((t) => t.schema)}::text[],
-                                  ${existing.map((t) => t.name)}::text[]))
+           WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(${schemas}::text[], ${names}::text[]))
         ), below AS (
           SELECT i.inhrelid AS oid FROM pg_inherits i JOIN chosen ON i.inhparent = chosen.oid
           UNION
@@ -396,26 +398,22 @@ async function refuseToDropPartitions(
           FROM below JOIN pg_class c ON c.oid = below.oid
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relispartition
-         ORDER BY 1, 2`,
-  );
-  const isRestored = (p: TableRef) =>
-    restored.some((t) => t.schema === p.schema && t.name === p.name);
-  const lost = partitions.filter((p) => !isRestored(p));
-  const parents = await opts.target.withSql(
-    target,
-    `${action}: cannot inspect database "${target}"`,
-    async (sql) =>
-      await sql<{ schema: string; name: string; pschema: string; pname: string }[]>`
+         ORDER BY 1, 2`;
+      const parents = await sql<{ schema: string; name: string; pschema: string; pname: string }[]>`
         SELECT n.nspname AS schema, c.relname AS name,
                pn.nspname AS pschema, p.relname AS pname
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           JOIN pg_inherits i ON i.inhrelid = c.oid
           JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
-         WHERE c.relispartition AND (n.nspname, c.relname) IN (
-             SELECT * FROM unnest(${existing.map((t) => t.schema)}::text[],
-                                  ${existing.map((t) => t.name)}::text[]))
-         ORDER BY 1, 2`,
+         WHERE c.relispartition
+           AND (n.nspname, c.relname) IN (SELECT * FROM unnest(${schemas}::text[], ${names}::text[]))
+         ORDER BY 1, 2`;
+      return { partitions, parents };
+    },
   );
+  const isRestored = (p: TableRef) =>
+    restored.some((t) => t.schema === p.schema && t.name === p.name);
+  const lost = partitions.filter((p) => !isRestored(p));
   const detached = parents.filter((p) => !isRestored({ schema: p.pschema, name: p.pname }));
   if (detached.length > 0) {
     throw new DbBackupError(

@@ -105,6 +105,15 @@ export function chunkEncoding(layout: { encoding?: string }): string {
   return layout.encoding ?? "UTF8";
 }
 
+/** The manifest's record of one of the database's files. */
+export function fileOf(db: DatabaseRecord, path: string | undefined): FileRecord {
+  const f = db.files.find((x) => x.path === path);
+  if (!f) {
+    throw new DbBackupError("verification", `manifest of "${db.name}" lists no file ${path}`);
+  }
+  return f;
+}
+
 export interface GlobalsRecord {
   status: PartStatus;
   error?: string;

@@ -184,11 +184,9 @@ export class PgTarget {
     // that line ended up in every message about a failed child).
     env.PGPASSFILE = "/dev/null/none";
     // pg_dump and pg_restore pin the rest themselves, but not these (see SESSION_SETTINGS).
-    env.PGOPTIONS = pgOptions({
-      default_transaction_read_only: "off",
-      array_nulls: "on",
-      lc_monetary: "C",
-    });
+    env.PGOPTIONS = pgOptions(
+      Object.fromEntries(CHILD_SETTINGS.map((name) => [name, SESSION_SETTINGS[name]])),
+    );
     return env;
   }
 }
@@ -232,6 +230,9 @@ export const SESSION_SETTINGS: Readonly<Record<string, string>> = {
   lc_monetary: "C",
   standard_conforming_strings: "on",
 };
+
+/** Those of SESSION_SETTINGS that pg_dump and pg_restore do not pin for their own sessions. */
+const CHILD_SETTINGS = ["default_transaction_read_only", "array_nulls", "lc_monetary"] as const;
 
 /** `settings` as libpq's PGOPTIONS ("-c name=value ..."; no value here holds a space). */
 export function pgOptions(settings: Readonly<Record<string, string>>): string {

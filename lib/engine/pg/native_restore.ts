@@ -11,6 +11,7 @@
 import {
   chunkEncoding,
   type DatabaseRecord,
+  fileOf,
   type FileRecord,
   type NativeLayout,
   type TableRecord,
@@ -96,7 +97,7 @@ export interface TablesRestoreOptions {
  */
 export async function restoreTablesInOneTransaction(o: TablesRestoreOptions): Promise<void> {
   const only = o.only;
-  const file = fileOf(o.record);
+  const file = (path: string) => fileOf(o.record, path);
   const tables = (o.record.native?.tables ?? []).filter((t) =>
     only.tables.some((s) => s.schema === t.schema && s.name === t.name)
   );
@@ -130,16 +131,6 @@ export async function restoreTablesInOneTransaction(o: TablesRestoreOptions): Pr
     signal: o.signal,
   });
   await Promise.all([feedChild(child, concatStreams(parts)), child.status]);
-}
-
-/** The manifest's record of one of the database's files, by path. */
-function fileOf(record: DatabaseRecord): (path: string) => FileRecord {
-  const files = new Map<string, FileRecord>(record.files.map((f) => [f.path, f]));
-  return (path) => {
-    const f = files.get(path);
-    if (!f) throw new DbBackupError("verification", `manifest lists no file ${path}`);
-    return f;
-  };
 }
 
 /** A part of a psql script: made when the part before it has been read to its end. */
@@ -283,7 +274,7 @@ export async function restoreDatabaseNative(o: NativeRestoreOptions): Promise<vo
   if (!layout) {
     throw new DbBackupError("verification", `database "${o.record.name}" has no native layout`);
   }
-  const file = fileOf(o.record);
+  const file = (path: string) => fileOf(o.record, path);
   const schema = file(layout.schemaPath);
   const describe = (what: string) =>
     `${what} of "${o.record.name}" into "${o.database}" at ${o.target.endpoint}`;
